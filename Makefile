@@ -1,0 +1,42 @@
+# Every target creates .venv if missing and installs exactly what it needs.
+# torch is pinned to the CPU build in this install path; GPU users install their own torch>=2.4 first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.mixtune-installed
+BENCHSTAMP := $(VENV)/.mixtune-bench-installed
+CONFIG ?= examples/finance_risk/pipeline.yaml
+
+.PHONY: demo test test-all bench bench-quick lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(BENCHSTAMP): $(STAMP)
+	$(PIP) install -q -e '.[dev,bench]'
+	touch $(BENCHSTAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mixtune run $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+bench: $(BENCHSTAMP)
+	$(VENV)/bin/mixtune bench all --tier full
+
+bench-quick: $(BENCHSTAMP)
+	$(VENV)/bin/mixtune bench all --tier quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf runs .pytest_cache

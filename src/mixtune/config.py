@@ -1,0 +1,287 @@
+"""Pipeline configuration: strict pydantic v2 models loaded from YAML with dotted overrides.
+
+Only stage entry points see these objects; components take flat typed arguments. Every model
+forbids unknown keys so a typo fails loudly with its key path instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mixtune.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Strict):
+    """Shape of the built-in Llama-architecture model (used when model.name_or_path == 'builtin:tiny')."""
+
+    vocab_size: int = Field(3000, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    intermediate_size: int = Field(352, ge=16)
+    num_hidden_layers: int = Field(3, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    max_position_embeddings: int = Field(512, ge=64)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelConfig(Strict):
+    name_or_path: str = "builtin:tiny"
+    tiny: TinyModelConfig = TinyModelConfig()
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraConfig = LoraConfig()
+    merge_adapter: bool = Field(False, description="also save a merged full model next to the adapter")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    trust_remote_code: bool = False
+
+
+class DataConfig(Strict):
+    ontology: str = "ontology.yaml"
+    rules: str = "rules.yaml"
+    sources: list[str] = Field(default_factory=list, description="extra jsonl/parquet/csv files to ingest")
+    generate: bool = True
+    n_per_task: int = Field(300, ge=1)
+    defect_rate: float = Field(0.05, ge=0.0, le=0.5)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    perturb_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    require_review: bool = Field(False, description="train only on samples an expert approved")
+    auto_approve_reviewer: str | None = Field("generator", description="reviewer id recorded for generated samples")
+
+
+class ClipConfig(Strict):
+    policy: Literal["none", "constant", "decay", "zclip"] = "decay"
+    schedule: Literal["linear", "cosine", "exponential"] = "cosine"
+    start: float = Field(5.0, gt=0)
+    end: float = Field(1.0, gt=0)
+    zclip_z: float = Field(2.5, gt=0)
+    zclip_alpha: float = Field(0.97, gt=0, lt=1)
+
+
+class ConsistencyConfig(Strict):
+    enabled: bool = True
+    weight: float = Field(0.1, ge=0)
+    temperature: float = Field(0.1, gt=0)
+
+
+class AdversarialConfig(Strict):
+    enabled: bool = True
+    weight: float = Field(0.1, ge=0)
+    share: float = Field(0.5, ge=0, le=1, description="fraction of steps that pay for the twin forward")
+
+
+class LauncherConfig(Strict):
+    profile: Literal["single", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "single"
+    num_processes: int = Field(1, ge=1)
+
+
+class StageConfig(Strict):
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_len: int = Field(192, ge=16)
+    packing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    eval_every: int = Field(50, ge=1)
+    eval_samples_per_task: int = Field(16, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    neftune_alpha: float = Field(0.0, ge=0)
+    clip: ClipConfig = ClipConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
+    launcher: LauncherConfig = LauncherConfig()
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+
+
+class MixingConfig(Strict):
+    method: Literal["heat", "uniform", "static", "dbl", "exp3"] = "heat"
+    eta: float = Field(2.0, ge=0)
+    uniform_mix: float = Field(0.1, ge=0, le=1)
+    floor: float = Field(0.03, ge=0, lt=1)
+    cap: float = Field(0.5, gt=0, le=1)
+    ema: float = Field(0.5, ge=0, lt=1)
+    heat_weights: dict[str, float] = Field(
+        default_factory=lambda: {"decay": 1.0, "cv": 0.5, "rejection": 0.5, "gap": 1.0})
+
+
+class CurriculumConfig(Strict):
+    enabled: bool = True
+    early: list[float] = Field(default_factory=lambda: [0.5, 0.4, 0.1, 0.0, 0.0])
+    middle: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.3, 0.3, 0.0])
+    late: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3, 0.3, 0.3])
+    mastery_threshold: float = Field(0.8, ge=0, le=1)
+    mastery_cycles: int = Field(5, ge=1)
+
+
+class ModulationConfig(Strict):
+    enabled: bool = True
+    method: Literal["groups", "famo", "uncertainty"] = "groups"
+    logic_gain: float = Field(1.5, gt=0)
+    style_ema: float = Field(0.9, ge=0, lt=1)
+    safety_unlikelihood: float = Field(0.5, ge=0)
+
+
+class Stage2Config(StageConfig):
+    consistency: ConsistencyConfig = ConsistencyConfig(enabled=False)
+    adversarial: AdversarialConfig = AdversarialConfig(enabled=False)
+    mixing: MixingConfig = MixingConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    modulation: ModulationConfig = ModulationConfig()
+    context_orchestration: bool = True
+
+
+class GateSpec(Strict):
+    metric: str
+    scope: str = Field("overall", description="'overall', a task family or a task id")
+    min: float | None = None
+    max: float | None = None
+    min_delta_vs_champion: float | None = None
+    greater_is_better: bool = True
+
+
+class GatesConfig(Strict):
+    validate_: list[GateSpec] = Field(default_factory=list, alias="validate")
+    canary: list[GateSpec] = Field(default_factory=list)
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class EvalConfig(Strict):
+    models: list[Literal["base", "stage1", "stage2"]] = Field(default_factory=lambda: ["base", "stage1", "stage2"])
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(32, ge=1)
+    samples_per_task: int = Field(20, ge=1)
+    experience: bool = True
+    ifeval_zh_prompts: int = Field(0, ge=0, description="IFEval-zh prompts to include in the base layer")
+
+
+class RegistryConfig(Strict):
+    url: str = "sqlite:///registry.db"
+    model_name: str = "finance-risk"
+    register: bool = True
+
+
+class PipelineConfig(Strict):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    stage1: StageConfig = StageConfig()
+    stage2: Stage2Config = Stage2Config()
+    eval: EvalConfig = EvalConfig()
+    gates: GatesConfig = GatesConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    # Paths are resolved relative to the YAML file's folder, recorded here by the loader.
+    base_dir: str = Field(".", description="folder relative paths are resolved against")
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+    def run_dir(self) -> Path:
+        return self.resolve(self.output_dir) / self.name
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections (all when none): used to detect a changed config on resume."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data.pop("base_dir", None)
+        if sections:
+            data = {k: data[k] for k in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"must be one of {e['ctx']['expected']} (got {e.get('input')!r})"
+        lines.append(f"  {path}: {msg}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like a.b.c=value")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in a nested dict; the model validation afterwards rejects unknown ones."""
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("file not found", where=str(p))
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where=str(p)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise ConfigError(f"broken YAML: {getattr(e, 'problem', None) or e}", where=loc) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a pipeline YAML, apply ``a.b.c=value`` overrides and validate strictly."""
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping", where=str(path))
+    data = apply_overrides(data, list(overrides or []))
+    data.setdefault("base_dir", str(Path(path).resolve().parent))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, str(path))) from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""mixtune.rules"""
