@@ -23,11 +23,11 @@ def test_decay_endpoints_exact_and_monotone(schedule):
     pol = ClipSchedule("decay", schedule, start=5.0, end=0.5, total_steps=100)
     values = [pol.threshold(s) for s in range(0, 121)]
     assert values[0] == 5.0 and values[100] == 0.5 and values[120] == 0.5
-    assert all(a >= b for a, b in zip(values, values[1:]))
-    assert all(a > b for a, b in zip(values[:100], values[1:101]))  # strictly decreasing inside
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a > b for a, b in zip(values[:100], values[1:101], strict=False))  # strictly decreasing inside
     rising = ClipSchedule("decay", schedule, start=0.5, end=5.0, total_steps=10)
     up = [rising.threshold(s) for s in range(11)]
-    assert up[0] == 0.5 and up[10] == 5.0 and all(a < b for a, b in zip(up, up[1:]))
+    assert up[0] == 0.5 and up[10] == 5.0 and all(a < b for a, b in zip(up, up[1:], strict=False))
 
 
 def test_decay_midpoints_follow_their_formula():
