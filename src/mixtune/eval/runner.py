@@ -1,0 +1,215 @@
+"""Evaluation runner: generate with a backend, score every sample on the three layers, write jsonl.
+
+One record per (sample, layer), one json line each::
+
+    {"model", "sample_id", "task_id", "family", "group", "layer", "prompt", "prediction",
+     "reference", "metrics": {name: float}, "primary": float}
+
+- ``base``: format compliance (the rule engine over the task's rule ids) and terminology accuracy
+  (the glossary rules alone); IFEval prompts, when given, add one ``ifeval`` record each.
+- ``business``: the task's declared KPIs (:func:`mixtune.data.kpis.score`); ``primary`` is the
+  task's primary metric.
+- ``experience``: scripted stress dialogues (:mod:`mixtune.eval.experience`) on a subset.
+
+Generation is separated from scoring (:func:`score_predictions`) so the cheap rule-based layers
+can be re-scored or benchmarked without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mixtune.data.schema import Sample
+from mixtune.errors import DataError
+from mixtune.eval.backends import Backend
+from mixtune.eval.progress import progress_bar
+
+KpiFn = Callable[[str, str, Sample, Any], float]
+GEN_CHUNK = 64  # conversations per backend call: bounds memory and gives the progress bar ticks
+
+
+def split_prompt(sample: Sample) -> tuple[list[dict], str]:
+    """Conversation up to the last assistant turn (earlier gold turns kept) and that turn's text.
+
+    A chain sample is judged on its final step with the gold earlier steps as context, so an early
+    mistake does not cascade into every later score.
+    """
+    msgs = [{"role": m.role, "content": m.content} for m in sample.messages]
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    conv, ref = (msgs, sample.output) if last is None else (msgs[:last], msgs[last]["content"])
+    if not any(m["role"] == "user" for m in conv):
+        raise DataError("sample has no user turn before its answer", where=f"sample {sample.id or sample.task_id}")
+    return conv, ref
+
+
+def prompt_text(conv: list[dict]) -> str:
+    """The user-visible input as one string (rules that check against the input read it)."""
+    return "\n".join(m["content"] for m in conv if m["role"] != "system")
+
+
+def generate_all(backend: Backend, conversations: list[list[dict]], *, max_new_tokens: int, desc: str,
+                 progress: bool = True, seed: int | None = 0) -> list[str]:
+    """Generate for many conversations in chunks, shortest-similar together, order preserved."""
+    order = sorted(range(len(conversations)), key=lambda i: -sum(len(m["content"]) for m in conversations[i]))
+    out: list[str] = [""] * len(conversations)
+    with progress_bar(desc, total=len(conversations), enabled=progress) as advance:
+        for start in range(0, len(order), GEN_CHUNK):
+            idx = order[start:start + GEN_CHUNK]
+            texts = backend.generate([conversations[i] for i in idx], max_new_tokens=max_new_tokens, seed=seed)
+            for i, t in zip(idx, texts, strict=True):
+                out[i] = t
+            advance(len(idx))
+    return out
+
+
+def glossary_rule_ids(engine: Any) -> list[str]:
+    """Ids of the engine's terminology (glossary) rules, for the terminology-accuracy metric."""
+    rules = getattr(engine, "rules", None) or {}
+    items = rules.values() if isinstance(rules, dict) else rules
+    out = []
+    for r in items:
+        kind = getattr(r, "kind", None) or getattr(r, "type", None) or (r.get("kind") if isinstance(r, dict) else None)
+        rid = getattr(r, "id", None) or (r.get("id") if isinstance(r, dict) else None)
+        if rid and kind in ("terminology", "glossary"):
+            out.append(rid)
+    return out
+
+
+def _kpi_fn() -> KpiFn:
+    from mixtune.data.kpis import score
+
+    return score
+
+
+def score_predictions(samples: list[Sample], predictions: list[str], ontology: Any, engine: Any, *,
+                      model_name: str, kpi_fn: KpiFn | None = None) -> list[dict]:
+    """Base + business records for already generated predictions (no model needed)."""
+    kpi = kpi_fn or _kpi_fn()
+    glossary = glossary_rule_ids(engine)
+    records: list[dict] = []
+    for s, pred in zip(samples, predictions, strict=True):
+        task = ontology.task(s.task_id)
+        conv, ref = split_prompt(s)
+        text = prompt_text(conv)
+        head = {"model": model_name, "sample_id": s.id, "task_id": s.task_id, "family": task.family,
+                "group": task.group, "prompt": text, "prediction": pred, "reference": ref}
+        base: dict[str, float] = {}
+        if task.rule_ids:
+            base["format_compliance"] = float(engine.compliance(pred, rule_ids=task.rule_ids, input_text=text))
+        if glossary:
+            base["terminology_accuracy"] = float(engine.compliance(pred, rule_ids=glossary, input_text=text))
+        if base:
+            primary = base.get("format_compliance", base.get("terminology_accuracy", 0.0))
+            records.append({**head, "layer": "base", "metrics": base, "primary": _unit(primary)})
+        business = {m: float(kpi(m, pred, s, engine)) for m in task.kpis}
+        records.append({**head, "layer": "business", "metrics": business,
+                        "primary": _unit(business[task.primary_metric])})
+    return records
+
+
+def _unit(x: float) -> float:
+    return min(1.0, max(0.0, float(x)))
+
+
+def evaluate_ifeval(backend: Backend, prompts: list[dict], *, model_name: str, max_new_tokens: int,
+                    progress: bool = True) -> list[dict]:
+    """Run IFEval-format prompts (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``)."""
+    from mixtune.eval.ifeval import score_responses
+
+    for i, p in enumerate(prompts):
+        if "prompt" not in p or "instruction_id_list" not in p:
+            raise DataError("IFEval prompt needs 'prompt' and 'instruction_id_list'", where=f"ifeval prompt {i}")
+    convs = [[{"role": "user", "content": p["prompt"]}] for p in prompts]
+    responses = generate_all(backend, convs, max_new_tokens=max_new_tokens, desc="ifeval", progress=progress)
+    result = score_responses(prompts, responses)  # language "auto": Chinese-aware counting for zh
+    records = []
+    for p, resp, v in zip(prompts, responses, result.verdicts, strict=True):
+        strict_list, loose_list = list(v.strict_follow_list), list(v.loose_follow_list)
+        metrics = {
+            "ifeval_prompt_strict": float(all(strict_list)),
+            "ifeval_prompt_loose": float(all(loose_list)),
+            "ifeval_inst_strict": sum(strict_list) / max(1, len(strict_list)),
+            "ifeval_inst_loose": sum(loose_list) / max(1, len(loose_list)),
+        }
+        records.append({"model": model_name, "sample_id": str(p.get("key", "")), "task_id": "ifeval",
+                        "family": "ifeval", "group": "general", "layer": "base", "prompt": p["prompt"],
+                        "prediction": resp, "reference": "", "metrics": metrics,
+                        "primary": metrics["ifeval_prompt_strict"]})
+    return records
+
+
+def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engine: Any, *, model_name: str,
+                   max_new_tokens: int, experience: bool = True, ifeval_prompts: list[dict] | None = None,
+                   out_path: Path, progress: bool = True, kpi_fn: KpiFn | None = None,
+                   experience_per_task: int = 2, judge: Any = None, seed: int = 0) -> list[dict]:
+    """Evaluate one model on all layers; writes the per-sample jsonl to ``out_path`` and returns it.
+
+    Unknown task ids fail before any generation. The file is written to a temporary name and
+    renamed, so an interrupted run never leaves a half file that looks complete.
+    """
+    unknown = sorted({s.task_id for s in samples} - set(ontology.tasks))
+    if unknown:
+        raise DataError(f"samples use task ids missing from the ontology: {unknown}")
+    convs = [split_prompt(s)[0] for s in samples]
+    preds = generate_all(backend, convs, max_new_tokens=max_new_tokens, desc=f"{model_name}: generate",
+                         progress=progress, seed=seed)
+    records = score_predictions(samples, preds, ontology, engine, model_name=model_name, kpi_fn=kpi_fn)
+    if ifeval_prompts:
+        records += evaluate_ifeval(backend, ifeval_prompts, model_name=model_name,
+                                   max_new_tokens=max_new_tokens, progress=progress)
+    if experience and samples:
+        from mixtune.eval.experience import ExperienceAgent
+
+        agent = ExperienceAgent(backend, ontology, engine, kpi_fn=kpi_fn or _kpi_fn(),
+                                max_new_tokens=max_new_tokens, judge=judge, seed=seed)
+        chosen = agent.select(samples, per_task=experience_per_task)
+        first = {s.id: p for s, p in zip(samples, preds, strict=True)}
+        records += agent.run(chosen, model_name=model_name, first_answers=first, progress=progress)
+    write_jsonl(records, Path(out_path))
+    return records
+
+
+def write_jsonl(records: list[dict], path: Path) -> None:
+    """Atomically write records as json lines (UTF-8, Chinese kept readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read records written by :func:`write_jsonl`; a broken line is a DataError naming it."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"invalid json: {e.msg}", where=f"{path}:{n}") from None
+    return out
+
+
+def write_matrix(records_by_model: dict[str, list[dict]], out_dir: Path) -> dict:
+    """Aggregate records into ``matrix.json`` and ``summary.json`` under ``out_dir``.
+
+    matrix: model → task → layer → metric → mean (``primary`` included as a metric).
+    summary: model → task family → mean primary score in [0, 1]; a family is scored on its
+    business layer, falling back to the base layer for record kinds without one (IFEval).
+    """
+    from mixtune.eval.matrix import aggregate
+
+    matrix, summary = aggregate(records_by_model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, obj in (("matrix.json", matrix), ("summary.json", summary)):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, out / name)
+    return matrix
