@@ -1,0 +1,193 @@
+"""``mixtune registry``: list, show, register, promote and roll back model versions.
+
+Promotions that need a gate read the evidence from a ``gates.jsonl`` written by ``mixtune gate``;
+refusals (skipped gate, failing evidence, unknown id) are user errors: one line, non-zero exit.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+registry_app = typer.Typer(help="Model registry: versions, lifecycle states, champion alias, audit log.",
+                           no_args_is_help=True)
+
+DEFAULT_DB = "sqlite:///registry.db"
+# Next state on the happy path, used when --to is left out.
+NEXT_STATE = {"trained": "validated", "validated": "canary", "canary": "released"}
+
+
+def _db_option() -> Any:
+    return typer.Option(os.environ.get("MIXTUNE_REGISTRY_URL", DEFAULT_DB), "--db",
+                        help="SQLAlchemy URL or SQLite file path (env MIXTUNE_REGISTRY_URL)")
+
+
+def _who_option() -> Any:
+    return typer.Option(None, "--who", help="who is acting (default: the current user)")
+
+
+def _who(who: str | None) -> str:
+    if who:
+        return who
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def _open(db: str):
+    from mixtune.release.registry import Registry
+
+    return Registry(db)
+
+
+def pick_evidence(path: Path, gate: str | None, model_id: int) -> dict | None:
+    """The newest decision in a gates.jsonl for ``gate`` (any gate if None) that is not tied to
+    another model id. Returns None when the file has none."""
+    from mixtune.release.gates import read_decisions
+
+    for d in reversed(read_decisions(path)):
+        claimed = (d.get("meta") or {}).get("model_id")
+        if (gate is None or d.get("gate") == gate) and (claimed is None or str(claimed) == str(model_id)):
+            return d
+    return None
+
+
+def _print_models(records: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="registered models")
+    for col in ("id", "name", "version", "state", "aliases", "created", "path"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(str(r.id), r.name, str(r.version), r.state, ",".join(r.aliases), r.created, r.path)
+    Console().print(table)
+
+
+@registry_app.command("list")
+def list_cmd(
+    db: str = _db_option(),
+    name: str | None = typer.Option(None, "--name", help="only versions of this model"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """List registered model versions."""
+    records = _open(db).list(name)
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in records], ensure_ascii=False, indent=2))
+    else:
+        _print_models(records)
+
+
+@registry_app.command("show")
+def show_cmd(
+    model_id: int = typer.Argument(..., help="model id"),
+    db: str = _db_option(),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Show one model version with its audit trail."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rec = _open(db).show(model_id)
+    if as_json:
+        typer.echo(json.dumps(rec.__dict__, ensure_ascii=False, indent=2))
+        return
+    _print_models([rec])
+    table = Table(title=f"audit trail of model {rec.id}")
+    for col in ("#", "when", "action", "from", "to", "who", "why", "evidence"):
+        table.add_column(col)
+    for a in rec.audit:
+        ev = a["evidence"] or {}
+        summary = f"gate {ev['gate']}: {ev.get('status')}" if "gate" in ev else json.dumps(ev, ensure_ascii=False)
+        table.add_row(str(a["id"]), a["when"], a["action"], a["from_state"] or "", a["to_state"] or "",
+                      a["who"], a["why"], summary if ev else "")
+    Console().print(table)
+
+
+@registry_app.command("register")
+def register_cmd(
+    name: str = typer.Argument(..., help="model name, e.g. finance-risk"),
+    path: str = typer.Argument(..., help="model or adapter directory"),
+    db: str = _db_option(),
+    metrics: Path | None = typer.Option(None, "--metrics", help="JSON file of summary metrics to store"),
+    who: str | None = _who_option(),
+) -> None:
+    """Register a new version in state 'trained'."""
+    from mixtune.errors import DataError
+
+    data = None
+    if metrics is not None:
+        try:
+            data = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read metrics JSON: {e}", str(metrics)) from None
+    rec = _open(db).register(name, path, data, who=_who(who))
+    typer.echo(f"registered {rec.name} v{rec.version} as model {rec.id} (trained)")
+
+
+@registry_app.command("promote")
+def promote_cmd(
+    model_id: int = typer.Argument(..., help="model id"),
+    db: str = _db_option(),
+    to: str | None = typer.Option(None, "--to", help="target state (default: the next one on the path)"),
+    evidence: Path | None = typer.Option(None, "--evidence", help="gates.jsonl holding the gate decision"),
+    why: str = typer.Option(..., "--why", help="reason, kept in the audit log"),
+    who: str | None = _who_option(),
+) -> None:
+    """Move a model to its next state; validated/released need passing gate evidence."""
+    from mixtune.release.registry import REQUIRED_GATE, RegistryError
+
+    reg = _open(db)
+    current = reg.show(model_id).state
+    target = to or NEXT_STATE.get(current)
+    if target is None:
+        raise RegistryError(f"model {model_id} is {current!r}; there is no next state (use --to)")
+    decision = None
+    if evidence is not None:
+        gate = REQUIRED_GATE.get(target)
+        decision = pick_evidence(evidence, gate, model_id)
+        if decision is None and gate is not None:
+            raise RegistryError(f"{evidence} holds no {gate!r} gate decision for model {model_id}")
+    rec = reg.transition(model_id, target, who=_who(who), why=why, evidence=decision)
+    extra = " (now champion)" if "champion" in rec.aliases else ""
+    typer.echo(f"model {rec.id} ({rec.name} v{rec.version}): {current} -> {rec.state}{extra}")
+
+
+@registry_app.command("rollback")
+def rollback_cmd(
+    name: str = typer.Argument(..., help="model name whose champion is rolled back"),
+    db: str = _db_option(),
+    why: str = typer.Option(..., "--why", help="reason, kept in the audit log"),
+    who: str | None = _who_option(),
+) -> None:
+    """Retire the current champion and restore the previous one."""
+    reg = _open(db)
+    old = reg.get_alias(name, "champion")
+    rec = reg.rollback(name, who=_who(who), why=why)
+    typer.echo(f"{name}: champion model {old.id if old else '?'} rolled back; "
+               f"model {rec.id} (v{rec.version}) is champion again")
+
+
+@registry_app.command("alias")
+def alias_cmd(
+    name: str = typer.Argument(..., help="model name"),
+    alias: str = typer.Argument(..., help="alias, e.g. challenger"),
+    model_id: int = typer.Argument(..., help="model id the alias should point at"),
+    db: str = _db_option(),
+    why: str = typer.Option("", "--why", help="reason, kept in the audit log"),
+    who: str | None = _who_option(),
+) -> None:
+    """Point an alias (not 'champion', which moves only by release/rollback) at a model."""
+    _open(db).set_alias(name, alias, model_id, who=_who(who), why=why)
+    typer.echo(f"{name}@{alias} -> model {model_id}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mixtune registry ...`` to the CLI."""
+    app.add_typer(registry_app, name="registry")
