@@ -75,6 +75,14 @@ def test_accelerate_style_contract_threshold_then_record():
     assert rec["clipped"] and rec["clip_threshold"] == 1.0 and rec["grad_norm"] == pytest.approx(2.0)
 
 
+def test_unknown_norm_is_booked_without_touching_statistics():
+    pol = ClipSchedule("zclip", warmup=2)
+    pol.record(1.0, 0)
+    rec = pol.record(None, 1)  # accelerate + DeepSpeed may report no norm
+    assert rec["grad_norm"] is None and rec["clipped"] is False
+    assert pol.state_dict()["n_obs"] == 1 and pol.state_dict()["n_steps"] == 2
+
+
 def _normal_norms(n, seed):
     rng = random.Random(seed)
     return [rng.uniform(0.9, 1.1) for _ in range(n)]

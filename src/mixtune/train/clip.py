@@ -115,8 +115,14 @@ class ClipSchedule:
         ZClip's threshold depends on the statistics this call updates. Returns
         ``{"grad_norm", "clip_threshold", "clipped", "clip_fraction"}``.
         """
-        g = _as_float(norm)
         thr = self.threshold(step)
+        if norm is None:
+            # accelerate under DeepSpeed returns None when the engine has no norm yet (DeepSpeed
+            # clips by its own config there); book the step without inventing a value.
+            self._n_steps += 1
+            return {"grad_norm": None, "clip_threshold": thr, "clipped": False,
+                    "clip_fraction": self.clip_fraction}
+        g = _as_float(norm)
         finite = math.isfinite(g)
         # A non-finite norm is always reported as clipped: the step's gradient is unusable.
         clipped = (not finite) or (thr is not None and g > thr)
