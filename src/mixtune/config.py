@@ -180,7 +180,7 @@ class EvalConfig(Strict):
 class RegistryConfig(Strict):
     url: str = "sqlite:///registry.db"
     model_name: str = "finance-risk"
-    register: bool = True
+    enabled: bool = True
 
 
 class PipelineConfig(Strict):

@@ -1,0 +1,170 @@
+"""``mixtune run``: the whole pipeline, step by step, each step skipped when already done.
+
+data build → base model → stage 1 → stage 2 → evaluation matrix → gates → registry → report.
+Every step is also its own sub-command; this module is the one place that strings them together
+and maps the pipeline config onto the components' flat arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from mixtune.config import PipelineConfig
+from mixtune.errors import MixtuneError
+from mixtune.rundir import RunDir
+
+console = Console(stderr=True)
+STEPS = ("data", "base_model", "stage1", "stage2", "eval", "gates", "report")
+
+
+def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
+    from mixtune.data.build import build_dataset
+
+    fp = rd.fingerprint("data", ("data", "seed"))
+    if rd.done("data", fp):
+        return rd.state["steps"]["data"]
+    res = build_dataset(
+        cfg.resolve(cfg.data.ontology), cfg.resolve(cfg.data.rules), rd.sub("data"),
+        n_per_task=cfg.data.n_per_task if cfg.data.generate else 0, defect_rate=cfg.data.defect_rate,
+        val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        perturb_fraction=cfg.data.perturb_fraction, seed=cfg.seed,
+        sources=[str(cfg.resolve(s)) for s in cfg.data.sources], require_review=cfg.data.require_review,
+        reviewer=cfg.data.auto_approve_reviewer, progress=True)
+    rd.mark("data", fp, version=res.version, counts=res.counts)
+    console.print(f"data: version {res.version}: {res.counts}")
+    return rd.state["steps"]["data"]
+
+
+def load_samples(rd: RunDir) -> list:
+    from mixtune.data.io import read_samples
+
+    return read_samples(rd.path / "data" / "samples.parquet")
+
+
+def step_base_model(cfg: PipelineConfig, rd: RunDir, samples: list) -> str:
+    """The model stage 1 starts from: the built-in tiny model (built once) or the configured id/path."""
+    if cfg.model.name_or_path != "builtin:tiny":
+        return cfg.model.name_or_path if not Path(cfg.model.name_or_path).exists() \
+            else str(cfg.resolve(cfg.model.name_or_path))
+    from mixtune.model.tiny import build_tiny_model
+
+    out = rd.path / "base_model"
+    fp = rd.fingerprint("base_model", ("model", "seed"), ("data",))
+    if not rd.done("base_model", fp):
+        texts = [m.content for s in samples if s.split == "train" for m in s.messages]
+        build_tiny_model(out, texts, seed=cfg.seed, **cfg.model.tiny.model_dump())
+        rd.mark("base_model", fp, path=str(out))
+    return str(out)
+
+
+def _ontology_maps(cfg: PipelineConfig):
+    from mixtune.data.ontology import load_ontology
+
+    onto = load_ontology(cfg.resolve(cfg.data.ontology))
+    return onto, {t.id: t.business_value for t in onto.tasks.values()}, \
+        {t.id: t.group for t in onto.tasks.values()}, {t.id: t.family for t in onto.tasks.values()}
+
+
+def _engine(cfg: PipelineConfig):
+    from mixtune.rules import RuleEngine, RuleSet
+
+    return RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
+
+
+def step_stage1(cfg: PipelineConfig, rd: RunDir, samples: list, base: str) -> str:
+    from mixtune.train.stage1 import train_stage1
+
+    fp = rd.fingerprint("stage1", ("model", "stage1", "seed"), ("data", "base_model"))
+    out = rd.path / "stage1"
+    if not rd.done("stage1", fp):
+        t0 = time.time()
+        train_stage1(cfg, [s for s in samples if s.stage == 1], base, out)
+        rd.mark("stage1", fp, wall_s=round(time.time() - t0, 1))
+    return str(out / "model")
+
+
+def rejection_rates(rd: RunDir) -> dict[str, float]:
+    p = rd.path / "data" / "review_stats.json"
+    if not p.is_file():
+        return {}
+    raw = json.loads(p.read_text())
+    return {k: float(v["rejection_rate"] if isinstance(v, dict) else v) for k, v in raw.items()}
+
+
+def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: str) -> str:
+    from mixtune.train.stage2 import train_stage2
+
+    fp = rd.fingerprint("stage2", ("model", "stage2", "seed"), ("stage1",))
+    out = rd.path / "stage2"
+    if not rd.done("stage2", fp):
+        onto, value, groups, families = _ontology_maps(cfg)
+        chains = [list(c.steps) for c in onto.chains.values()]
+        t0 = time.time()
+        train_stage2(cfg, samples, stage1_model, out, business_value=value, groups=groups, families=families,
+                     chains=chains, rejection=rejection_rates(rd), engine=_engine(cfg),
+                     mixing_log=rd.path / "mixing_log.jsonl")
+        rd.mark("stage2", fp, wall_s=round(time.time() - t0, 1))
+    return str(out / "model")
+
+
+def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, str]) -> dict:
+    from mixtune.eval.backends import HFBackend
+    from mixtune.eval.runner import evaluate_model, read_jsonl, write_matrix
+
+    fp = rd.fingerprint("eval", ("eval",), ("stage2",))
+    out = rd.sub("eval")
+    if rd.done("eval", fp):
+        return json.loads((out / "summary.json").read_text())
+    onto, *_ = _ontology_maps(cfg)
+    engine = _engine(cfg)
+    test = [s for s in samples if s.split == "test" and not s.parent_id]
+    by_task: dict[str, list] = {}
+    for s in test:
+        by_task.setdefault(s.task_id, []).append(s)
+    subset = [s for t in sorted(by_task) for s in by_task[t][: cfg.eval.samples_per_task]]
+    records = {}
+    for name in cfg.eval.models:
+        path = out / f"{name}.jsonl"
+        backend = HFBackend(models[name], dtype="bf16" if cfg.stage2.precision == "bf16" else "fp32",
+                            batch_size=cfg.eval.batch_size)
+        records[name] = evaluate_model(backend, subset, onto, engine, model_name=name,
+                                       max_new_tokens=cfg.eval.max_new_tokens, experience=cfg.eval.experience,
+                                       out_path=path)
+    write_matrix(records, out)
+    rd.mark("eval", fp)
+    _ = read_jsonl  # records are re-read by the gate step from the jsonl files
+    return json.loads((out / "summary.json").read_text())
+
+
+def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None = None) -> Path:
+    """Run (or resume) every step; returns the run directory."""
+    if until is not None and until not in STEPS:
+        raise MixtuneError(f"unknown step {until!r}; steps are {', '.join(STEPS)}", where="--until")
+    t0 = time.time()
+    rd = RunDir(cfg, fresh=fresh)
+    console.print(f"run directory: {rd.path}")
+    step_data(cfg, rd)
+    samples = load_samples(rd)
+    if until == "data":
+        return rd.path
+    base = step_base_model(cfg, rd, samples)
+    s1 = step_stage1(cfg, rd, samples, base)
+    if until == "stage1":
+        return rd.path
+    s2 = step_stage2(cfg, rd, samples, s1)
+    if until == "stage2":
+        return rd.path
+    summary = step_eval(cfg, rd, samples, {"base": base, "stage1": s1, "stage2": s2})
+    from mixtune.release.pipeline_steps import step_gates_and_registry
+
+    step_gates_and_registry(cfg, rd)
+    from mixtune.report import write_report
+
+    report = write_report(rd.path)
+    console.print(f"summary (primary score per family): {json.dumps(summary, ensure_ascii=False)}")
+    console.print(f"report: {report}  ({time.time() - t0:.0f} s)")
+    return rd.path

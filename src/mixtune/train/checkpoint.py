@@ -1,0 +1,140 @@
+"""Checkpoints with integrity manifests, and exact resume.
+
+A checkpoint is a folder ``step-XXXXXXXX`` holding the trainable weights (safetensors), optimizer
+and scheduler states, and ``trainer_state.json`` (step, RNG states, sampler and policy states).
+``manifest.json`` is written last with the SHA-256 of every file: a checkpoint without a manifest
+(killed mid-write) or with a mismatching hash (truncated, corrupted) is rejected, and resume falls
+back to the newest good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from mixtune.errors import CheckpointError
+
+console = Console(stderr=True)
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": repr(random.getstate()),
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    random.setstate(ast.literal_eval(state["python"]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Weights that training changes (all for full fine-tuning, the adapter for LoRA)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
+                    extra_tensors: dict | None = None) -> Path:
+    """Write a checkpoint atomically (tmp folder + rename) and prune old ones beyond ``keep``."""
+    from safetensors.torch import save_file
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if extra_tensors is not None:  # e.g. stage 2's style-gradient EMA buffers
+        torch.save(extra_tensors, tmp / "extra.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "rng": rng_state(), **state}))
+    manifest = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for p in tmp.iterdir():  # flush before the rename makes the checkpoint visible
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError unless every file matches the manifest."""
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise CheckpointError("incomplete checkpoint (no manifest: the writer was interrupted)", where=str(path))
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError("corrupt manifest", where=str(mf)) from None
+    for name, meta in manifest.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"missing file {name}", where=str(path))
+        if f.stat().st_size != meta["size"] or _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"{name} is truncated or corrupt (checksum mismatch)", where=str(path))
+
+
+def latest_good_checkpoint(ckpt_root: Path) -> Path | None:
+    """Newest checkpoint that verifies; corrupt ones are reported and skipped."""
+    for path in reversed(list_checkpoints(ckpt_root)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            console.print(f"[yellow]warning:[/] skipping checkpoint: {e}")
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG; return the trainer state (step, policy states)."""
+    from safetensors.torch import load_file
+
+    verify_checkpoint(path)
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+        missing = set(trainable_state(model)) - set(weights)
+        if missing:
+            raise CheckpointError(f"weights do not match the model (missing {sorted(missing)[:3]}...)", where=str(path))
+        model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        state = json.loads((path / "trainer_state.json").read_text())
+        if (path / "extra.pt").is_file():
+            state["extra"] = torch.load(path / "extra.pt", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # unreadable despite a valid manifest: still the user's file, not our bug
+        raise CheckpointError(f"cannot load checkpoint: {e}", where=str(path)) from None
+    set_rng_state(state["rng"])
+    return state
