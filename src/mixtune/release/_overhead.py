@@ -1,0 +1,104 @@
+"""Gateway overhead benchmark: what the gateway adds to the user's latency, on loopback only.
+
+A fake, fast OpenAI-compatible upstream (a raw ASGI app answering a fixed completion) plays both
+champion and candidate. Each client worker alternates a direct call to the champion with the same
+call through the gateway, so drift in machine load hits both series equally. Overhead is the
+difference of the two latency percentiles. After the gateway shuts down (which drains its mirror
+and write queues) the database must hold one record per gateway request: ``lost_records`` counts
+the shortfall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+_ANSWER = json.dumps({
+    "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "流动性覆盖率为150.00%。"},
+                 "finish_reason": "stop", "logprobs": None}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13},
+}).encode()
+
+
+async def fake_upstream(scope, receive, send):
+    """Minimal ASGI OpenAI upstream: any POST gets the fixed completion, GET /v1/models a list."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    more = True
+    while more:  # consume the request body
+        msg = await receive()
+        more = msg.get("more_body", False)
+    body = _ANSWER if scope["method"] == "POST" else json.dumps(
+        {"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+async def _drive(direct_url: str, gw_url: str, n: int, concurrency: int, deadline_s: float):
+    import httpx
+
+    body = {"model": "any", "messages": [{"role": "user", "content": "流动性覆盖率是多少？电话13812345678"}],
+            "max_tokens": 16, "temperature": 0}
+    direct, via = [], []
+    counter = iter(range(n))
+    stop_at = time.monotonic() + deadline_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as c_direct, \
+            httpx.AsyncClient(limits=limits, timeout=10, headers={"Authorization": "Bearer bench"}) as c_gw:
+        async def worker(k: int) -> None:
+            for i in counter:
+                if time.monotonic() > stop_at:
+                    return
+                pair = [(c_direct, direct_url, direct), (c_gw, gw_url, via)]
+                for client, url, sink in (pair if (i + k) % 2 == 0 else pair[::-1]):
+                    t0 = time.perf_counter()
+                    r = await client.post(url + "/v1/chat/completions", json=dict(body, user=f"u{i % 97}"))
+                    sink.append((time.perf_counter() - t0) * 1000)
+                    r.raise_for_status()
+
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return direct, via
+
+
+def measure(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, deadline_s: float = 120.0) -> dict:
+    """Run the benchmark; returns p50/p99 latencies (ms) of both paths, overheads and lost records."""
+    from mixtune.release._server import ServerThread
+    from mixtune.release._store import ShadowStore
+    from mixtune.release.gateway import build_gateway_app
+
+    if n_requests < 1 or concurrency < 1:
+        raise ValueError("n_requests and concurrency must be >= 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"sqlite:///{Path(tmp) / 'shadow.db'}"
+        with ServerThread(fake_upstream) as champ, ServerThread(fake_upstream) as cand:
+            app = build_gateway_app(champ.url, cand.url, api_key="bench", db_url=db, canary_share=0.0,
+                                    champion_model="fake", candidate_model="fake")
+            with ServerThread(app) as gw:
+                asyncio.run(_drive(champ.url, gw.url, warmup, 2, deadline_s))  # open connections, warm caches
+                direct, via = asyncio.run(_drive(champ.url, gw.url, n_requests, concurrency, deadline_s))
+        sent = warmup + len(via)
+        stored = ShadowStore(db).count_records()
+    return {
+        "n_requests": len(via), "concurrency": concurrency,
+        "direct_p50_ms": _pct(direct, 0.5), "direct_p99_ms": _pct(direct, 0.99),
+        "gateway_p50_ms": _pct(via, 0.5), "gateway_p99_ms": _pct(via, 0.99),
+        "p50_overhead_ms": _pct(via, 0.5) - _pct(direct, 0.5),
+        "p99_overhead_ms": _pct(via, 0.99) - _pct(direct, 0.99),
+        "lost_records": sent - stored,
+    }
