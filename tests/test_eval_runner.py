@@ -9,7 +9,15 @@ import pytest
 from mixtune.data.ontology import parse_ontology
 from mixtune.data.schema import Message, Sample
 from mixtune.errors import DataError
-from mixtune.eval.runner import evaluate_model, read_jsonl, score_predictions, split_prompt, write_matrix
+from mixtune.eval.runner import (
+    evaluate_model,
+    read_jsonl,
+    reference_text,
+    score_predictions,
+    split_prompt,
+    turn_prompts,
+    write_matrix,
+)
 
 PHR = ["请计算{x}", "计算一下{x}", "求{x}"]
 ONTO = parse_ontology({
@@ -68,7 +76,7 @@ SAMPLES = [
     sample("calc_lcr", "请计算LCR：资产150，流出100", "150/100×100%=150.00%", {"value": "150.00"}),
     sample("calc_lcr", "请计算LCR：资产120，流出100", "120/100×100%=120.00%", {"value": "120.00"}),
     sample("concept_term", "请解释信用利差", "信用利差是…国债…", {"keywords": ["国债", "溢价"]}),
-    sample("chain_lcr", "再解释一下", "流动性覆盖率衡量…", {"value": "国债收益率"},
+    sample("chain_lcr", "再解释一下", "流动性覆盖率衡量…", {"value": "150.00"},
            earlier=[("user", "请计算LCR：资产150，流出100"), ("assistant", "GOLD-STEP-1 150.00%")]),
 ]
 
@@ -82,14 +90,17 @@ def good_model(conv):
     return "信用利差是信用债收益率减国债收益率"
 
 
-def test_split_prompt_keeps_gold_context():
+def test_chain_turns_use_gold_context():
     conv, ref = split_prompt(SAMPLES[3])
     assert [m["role"] for m in conv] == ["user", "assistant", "user"]
     assert conv[1]["content"] == "GOLD-STEP-1 150.00%" and ref == "流动性覆盖率衡量…"
+    first, last = turn_prompts(SAMPLES[3])
+    assert [m["role"] for m in first] == ["user"] and last == conv
+    assert reference_text(SAMPLES[3]) == "GOLD-STEP-1 150.00%\n流动性覆盖率衡量…"
 
 
 def test_score_predictions_layers_and_metrics():
-    preds = [good_model(split_prompt(s)[0]) for s in SAMPLES]
+    preds = ["\n".join(good_model(c) for c in turn_prompts(s)) for s in SAMPLES]
     recs = score_predictions(SAMPLES, preds, ONTO, FakeEngine(), model_name="m", kpi_fn=fake_kpi)
     by = {(r["sample_id"], r["layer"]): r for r in recs}
     good, bad = by[(SAMPLES[0].id, "base")], by[(SAMPLES[1].id, "base")]
@@ -99,6 +110,8 @@ def test_score_predictions_layers_and_metrics():
     assert by[(SAMPLES[1].id, "business")]["primary"] == 1.0
     assert by[(SAMPLES[2].id, "business")]["primary"] == 0.5  # 国债 yes, 溢价 no
     chain = by[(SAMPLES[3].id, "business")]
+    # both chain steps are generated; the number comes from the generated first step
+    assert chain["prediction"] == "150/100×100%=150.00%\n信用利差是信用债收益率减国债收益率"
     assert chain["family"] == "chain" and chain["primary"] == 1.0
     for r in recs:
         assert set(r) >= {"model", "sample_id", "task_id", "family", "group", "layer", "prompt",
@@ -120,6 +133,8 @@ def test_evaluate_model_writes_jsonl_with_all_layers(tmp_path):
     assert len(ife) == 1 and ife[0]["metrics"]["ifeval_prompt_strict"] == 1.0  # reply has no comma
     # the chain's final step was generated with the gold earlier turn in context
     assert any(any(m["content"] == "GOLD-STEP-1 150.00%" for m in c) for c in backend.seen)
+    chain = next(r for r in recs if r["task_id"] == "chain_lcr" and r["layer"] == "business")
+    assert chain["prediction"].startswith("150/100×100%=150.00%\n")
     exp = [r for r in recs if r["layer"] == "experience"]
     assert {r["detail"]["kind"].split("_")[0] for r in exp} >= {"follow", "contradiction", "vague", "perturbed"}
 

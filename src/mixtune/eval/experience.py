@@ -142,7 +142,10 @@ class ExperienceAgent:
         return float(self.engine.compliance(reply, rule_ids=task.rule_ids, input_text=text))
 
     def _correct(self, reply: str, sample: Sample, task) -> float:
-        return min(1.0, max(0.0, float(self.kpi(task.primary_metric, reply, sample, self.engine))))
+        # A chain's KPIs read all steps; the earlier ones are the gold turns the dialogue started from.
+        prior = [m.content for m in sample.messages if m.role == "assistant"][:-1]
+        text = "\n".join([*prior, reply])
+        return min(1.0, max(0.0, float(self.kpi(task.primary_metric, text, sample, self.engine))))
 
     def answer_score(self, reply: str, sample: Sample, task, text: str) -> float:
         """A task answer: half format/rule compliance, half the primary KPI."""

@@ -33,17 +33,33 @@ GEN_CHUNK = 64  # conversations per backend call: bounds memory and gives the pr
 
 
 def split_prompt(sample: Sample) -> tuple[list[dict], str]:
-    """Conversation up to the last assistant turn (earlier gold turns kept) and that turn's text.
+    """Conversation up to the last assistant turn (earlier gold turns kept) and that turn's text."""
+    convs = turn_prompts(sample)
+    msgs = sample.messages
+    last = next((m.content for m in reversed(msgs) if m.role == "assistant"), sample.output)
+    return convs[-1], last
 
-    A chain sample is judged on its final step with the gold earlier steps as context, so an early
-    mistake does not cascade into every later score.
+
+def turn_prompts(sample: Sample) -> list[list[dict]]:
+    """One conversation per assistant turn, each ending just before that turn.
+
+    Every turn of a chain is generated with the *gold* earlier turns as context (teacher
+    forcing), so the final step is judged on its own merit and an early slip does not cascade;
+    the KPI functions then see all generated steps joined, as they expect.
     """
     msgs = [{"role": m.role, "content": m.content} for m in sample.messages]
-    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-    conv, ref = (msgs, sample.output) if last is None else (msgs[:last], msgs[last]["content"])
-    if not any(m["role"] == "user" for m in conv):
-        raise DataError("sample has no user turn before its answer", where=f"sample {sample.id or sample.task_id}")
-    return conv, ref
+    ends = [i for i, m in enumerate(msgs) if m["role"] == "assistant"] or [len(msgs)]
+    convs = [msgs[:i] for i in ends]
+    for conv in convs:
+        if not any(m["role"] == "user" for m in conv):
+            raise DataError("an assistant turn has no user turn before it", where=f"sample {sample.id or sample.task_id}")
+    return convs
+
+
+def reference_text(sample: Sample) -> str:
+    """Gold answer: all assistant turns joined by newlines (``output`` when there are none)."""
+    turns = [m.content for m in sample.messages if m.role == "assistant"]
+    return "\n".join(turns) if turns else sample.output
 
 
 def prompt_text(conv: list[dict]) -> str:
@@ -93,8 +109,8 @@ def score_predictions(samples: list[Sample], predictions: list[str], ontology: A
     records: list[dict] = []
     for s, pred in zip(samples, predictions, strict=True):
         task = ontology.task(s.task_id)
-        conv, ref = split_prompt(s)
-        text = prompt_text(conv)
+        text = prompt_text(turn_prompts(s)[-1])
+        ref = reference_text(s)
         head = {"model": model_name, "sample_id": s.id, "task_id": s.task_id, "family": task.family,
                 "group": task.group, "prompt": text, "prediction": pred, "reference": ref}
         base: dict[str, float] = {}
@@ -154,9 +170,16 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
     unknown = sorted({s.task_id for s in samples} - set(ontology.tasks))
     if unknown:
         raise DataError(f"samples use task ids missing from the ontology: {unknown}")
-    convs = [split_prompt(s)[0] for s in samples]
-    preds = generate_all(backend, convs, max_new_tokens=max_new_tokens, desc=f"{model_name}: generate",
-                         progress=progress, seed=seed)
+    per_sample = [turn_prompts(s) for s in samples]
+    flat = [c for convs in per_sample for c in convs]
+    outs = generate_all(backend, flat, max_new_tokens=max_new_tokens, desc=f"{model_name}: generate",
+                        progress=progress, seed=seed)
+    preds, last_turn, k = [], {}, 0
+    for s, convs in zip(samples, per_sample, strict=True):
+        turns = outs[k:k + len(convs)]
+        k += len(convs)
+        preds.append("\n".join(turns))
+        last_turn[s.id] = turns[-1]
     records = score_predictions(samples, preds, ontology, engine, model_name=model_name, kpi_fn=kpi_fn)
     if ifeval_prompts:
         records += evaluate_ifeval(backend, ifeval_prompts, model_name=model_name,
@@ -167,8 +190,7 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
         agent = ExperienceAgent(backend, ontology, engine, kpi_fn=kpi_fn or _kpi_fn(),
                                 max_new_tokens=max_new_tokens, judge=judge, seed=seed)
         chosen = agent.select(samples, per_task=experience_per_task)
-        first = {s.id: p for s, p in zip(samples, preds, strict=True)}
-        records += agent.run(chosen, model_name=model_name, first_answers=first, progress=progress)
+        records += agent.run(chosen, model_name=model_name, first_answers=last_turn, progress=progress)
     write_jsonl(records, Path(out_path))
     return records
 
