@@ -106,6 +106,8 @@ def test_infeasible_bounds_and_bad_inputs_are_user_errors():
     p = make_policy("heat", TASKS, None, **KW)
     with pytest.raises(DataError, match="unknown tasks"):
         p.update(0, 0, {"nope": 0.5}, {}, {}, {})
+    with pytest.raises(DataError, match="not finite"):
+        p.update(0, 0, {"calc": float("nan")}, {}, {}, {})
 
 
 def test_uniform_stays_uniform():

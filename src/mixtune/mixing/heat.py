@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 
-from mixtune.errors import CheckpointError, ConfigError
+from mixtune.errors import CheckpointError, ConfigError, DataError
 from mixtune.mixing.base import (
     base_weights,
     check_bounds,
@@ -144,6 +144,10 @@ class PolicyBase:
         for name, m in (("scores", scores), ("per_sample", per_sample), ("losses", losses),
                         ("rejection", rejection)):
             check_known(self.tasks, m or {}, name)
+        for name, m in (("scores", scores), ("losses", losses), ("rejection", rejection)):
+            bad = {t: v for t, v in (m or {}).items() if not math.isfinite(float(v))}
+            if bad:  # a NaN here would silently poison every weight through the normalisation
+                raise DataError(f"{name} are not finite: {bad}", where="mixing.update")
         self.cycles += 1
         return self.tracker.observe(scores or {}, per_sample or {}, rejection or {})
 

@@ -93,7 +93,8 @@ class GroupModulation:
 
     def state_dict(self, include_buffers: bool = True) -> dict:
         """JSON state; style buffers as lists (skip them if the trainer saves its own tensors)."""
-        bufs = {k: np.asarray(v.tolist() if hasattr(v, "tolist") else v).tolist()
+        # tolist() exists on numpy arrays and torch tensors alike (CPU or GPU).
+        bufs = {k: v.tolist() if hasattr(v, "tolist") else float(v)
                 for k, v in self.buffers.items()} if include_buffers else {}
         return {"method": self.method, "buffers": bufs}
 

@@ -42,6 +42,8 @@ class MixtureSampler:
             pools.setdefault(task, {}).setdefault(int(level), []).append(int(idx))
         self.pools = {t: {lv: sorted(ix) for lv, ix in sorted(by.items())} for t, by in sorted(pools.items())}
         self.tasks = [t for t in policy.tasks if t in self.pools]
+        # Policy tasks without any sample can never be drawn; exposed so the trainer can log them.
+        self.missing_tasks = [t for t in policy.tasks if t not in self.pools]
         if not self.tasks:
             raise DataError(f"no samples for any of the policy's tasks {policy.tasks}", where="sampler")
         self.policy, self.curriculum = policy, curriculum
