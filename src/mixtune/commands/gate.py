@@ -14,7 +14,7 @@ EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
 
 
 def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:+.4f}" if abs(x) < 10 else f"{x:.4g}"
+    return "—" if x is None else f"{x:.4f}" if abs(x) < 10 else f"{x:.4g}"
 
 
 def print_decision(decision) -> None:
@@ -24,13 +24,18 @@ def print_decision(decision) -> None:
 
     colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
     table = Table(title=f"gate {decision.gate!r}: [{colours[decision.status]}]{decision.status}[/]")
-    for col in ("metric", "scope", "check", "threshold", "value", "interval", "n", "status", "reason"):
-        table.add_column(col, justify="right" if col in ("threshold", "value", "n") else "left")
+    for col in ("metric", "scope", "check", "thr", "value", "interval", "n", "status"):
+        table.add_column(col, justify="right" if col in ("thr", "value", "n") else "left", no_wrap=True)
     for c in decision.checks:
         interval = "—" if c.lo is None else f"[{_fmt(c.lo)}, {_fmt(c.hi)}]"
         table.add_row(c.metric, c.scope, c.kind, f"{c.threshold:g}", _fmt(c.value), interval, str(c.n),
-                      f"[{colours[c.status]}]{c.status}[/]", c.reason)
-    Console().print(table)
+                      f"[{colours[c.status]}]{c.status}[/]")
+    console = Console()
+    console.print(table)
+    # Reasons go below the table: long text in a column squeezes the numbers on narrow terminals.
+    for c in decision.checks:
+        if c.status != "pass":
+            console.print(f"  {c.metric} @ {c.scope} ({c.kind}): [{colours[c.status]}]{c.status}[/] — {c.reason}")
 
 
 def gate(

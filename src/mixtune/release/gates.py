@@ -220,11 +220,11 @@ def _delta_check(
         c, h = h, c
     bs = paired_bootstrap(c, h, n_boot=n_boot, confidence=confidence, seed=seed)
     if bs.lo > thr:
-        status, reason = "pass", f"{confidence:.0%} interval entirely above {thr:+g}"
+        status, reason = "pass", f"{confidence:.0%} CI above {thr:+g}"
     elif bs.hi < thr:
-        status, reason = "fail", f"{confidence:.0%} interval entirely below {thr:+g}"
+        status, reason = "fail", f"{confidence:.0%} CI below {thr:+g}"
     else:
-        status, reason = "inconclusive", f"{confidence:.0%} interval straddles {thr:+g}"
+        status, reason = "inconclusive", f"{confidence:.0%} CI straddles {thr:+g}"
     return CheckResult(**base, status=status, value=bs.delta, lo=bs.lo, hi=bs.hi, n=bs.n, reason=reason)
 
 
