@@ -19,6 +19,7 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """Bind a listening TCP socket; raises :class:`MixtuneError` when the port is taken."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
