@@ -57,6 +57,17 @@ def test_sampling_seeded(backend):
     assert a == b and a != greedy
 
 
+def test_generation_leaves_global_rng_alone(backend):
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    backend.generate(CONVS[:2], max_new_tokens=5, temperature=1.0, seed=9)
+    backend.generate(CONVS[:2], max_new_tokens=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_stop_strings_truncate(backend):
     full = backend.generate(CONVS, max_new_tokens=12)
     text = next(t for t in full if len(t) >= 6)
@@ -108,3 +119,10 @@ def test_load_backend_dispatch(model_dir):
     assert isinstance(load_backend(str(model_dir)), HFBackend)
     with pytest.raises(MixtuneError, match="served model"):
         load_backend("http://127.0.0.1:1")
+
+
+def test_overlong_prompt_is_left_truncated(backend):
+    limit = backend.model.config.max_position_embeddings
+    long_conv = [{"role": "user", "content": "流动性覆盖率" * limit}]
+    out = backend.generate([long_conv, CONVS[0]], max_new_tokens=6)
+    assert len(out) == 2 and out[1] == backend.generate([CONVS[0]], max_new_tokens=6)[0]

@@ -154,21 +154,35 @@ class HFBackend:
         # Longest first: similar lengths share a batch (less padding) and an OOM shows up at once.
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         out: list[str] = [""] * len(prompts)
-        if seed is not None:
-            torch.manual_seed(seed)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            texts = self._generate_batch([prompts[i] for i in idx], max_new_tokens, temperature, top_p, stop)
-            for i, t in zip(idx, texts, strict=True):
-                out[i] = t
+        # Sampling draws from a forked RNG: evaluating mid-training must not shift the training
+        # run's random stream (resume and ablations compare runs with and without evaluation).
+        devices = [] if str(self.device).startswith("cpu") else None
+        with torch.random.fork_rng(devices=devices, enabled=temperature > 0):
+            if seed is not None and temperature > 0:
+                torch.manual_seed(seed)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                texts = self._generate_batch([prompts[i] for i in idx], max_new_tokens, temperature, top_p, stop)
+                for i, t in zip(idx, texts, strict=True):
+                    out[i] = t
         return out
+
+    def _prompt_limit(self, max_new_tokens: int) -> int | None:
+        cfg = getattr(self.model, "config", None)
+        n = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
+        return max(1, n - max_new_tokens) if isinstance(n, int) and n > 0 else None
 
     def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, top_p: float,
                         stop: list[str] | None) -> list[str]:
         import torch
         from transformers import StoppingCriteriaList
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        limit = self._prompt_limit(max_new_tokens)
+        # Over-long prompts keep their end (the question and the generation prompt) rather than
+        # running past the model's positions, which fails or degrades silently.
+        self.tokenizer.truncation_side = "left"
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                             truncation=limit is not None, max_length=limit).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
         kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:

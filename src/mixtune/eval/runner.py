@@ -84,7 +84,8 @@ def generate_all(backend: Backend, conversations: list[list[dict]], *, max_new_t
 
 def glossary_rule_ids(engine: Any) -> list[str]:
     """Ids of the engine's terminology (glossary) rules, for the terminology-accuracy metric."""
-    rules = getattr(engine, "rules", None) or {}
+    # mixtune.rules.RuleEngine keeps its rules on .ruleset; duck-typed engines may expose .rules
+    rules = getattr(getattr(engine, "ruleset", None), "rules", None) or getattr(engine, "rules", None) or {}
     items = rules.values() if isinstance(rules, dict) else rules
     out = []
     for r in items:

@@ -1,0 +1,132 @@
+"""``mixtune eval``: evaluate one model (dir, adapter dir or endpoint) on the three-layer matrix.
+
+Each run writes ``<out>/<model-name>.jsonl`` and then re-aggregates *every* ``*.jsonl`` in
+``<out>`` into ``matrix.json`` / ``summary.json``, so evaluating base, stage1 and stage2 one after
+another (or on different machines, copying the jsonl files in) builds one comparison matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import typer
+
+
+def load_samples(path: Path, *, split: str, per_task: int | None, seed: int) -> list:
+    """Samples from parquet (Arrow schema) or jsonl, filtered by split, capped per task."""
+    from mixtune.data.schema import Sample, table_to_samples
+    from mixtune.errors import DataError
+
+    if not path.is_file():
+        raise DataError("samples file not found", where=str(path))
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            samples = table_to_samples(pq.read_table(path))
+        else:
+            from mixtune.eval.runner import read_jsonl
+
+            samples = [Sample.model_validate(r) for r in read_jsonl(path)]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 — arrow/pydantic raise many types; all mean "bad file"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read samples: {msg}", where=str(path)) from None
+    if split != "all":
+        present = sorted({s.split for s in samples})
+        samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise DataError(f"no samples in split {split!r} (splits present: {present}); use --split all",
+                            where=str(path))
+    samples = [s.with_id() for s in samples]
+    if per_task:
+        rng = random.Random(seed)
+        by_task: dict[str, list] = {}
+        for s in sorted(samples, key=lambda s: s.id):
+            by_task.setdefault(s.task_id, []).append(s)
+        samples = []
+        for task_id in sorted(by_task):
+            group = by_task[task_id]
+            rng.shuffle(group)
+            samples += group[:per_task]
+    return samples
+
+
+def load_ifeval(path: Path, limit: int | None) -> list[dict]:
+    from mixtune.errors import DataError
+    from mixtune.eval.runner import read_jsonl
+
+    if not path.is_file():
+        raise DataError("IFEval prompts file not found", where=str(path))
+    prompts = read_jsonl(path)
+    return prompts[:limit] if limit else prompts
+
+
+def eval_cmd(
+    model: str = typer.Option(..., "--model", help="HF model dir, PEFT adapter dir, or http(s):// endpoint"),
+    data: Path = typer.Option(..., "--data", help="samples.parquet (or .jsonl) from `mixtune data build`"),
+    ontology: Path = typer.Option(..., "--ontology", help="ontology YAML"),
+    rules: Path = typer.Option(..., "--rules", help="rules YAML"),
+    out: Path = typer.Option(..., "--out", help="output dir: <name>.jsonl, matrix.json, summary.json"),
+    model_name: str | None = typer.Option(None, "--model-name", help="name in the matrix (default: dir name)"),
+    split: str = typer.Option("test", help="sample split to evaluate: train, val, test or all"),
+    samples_per_task: int | None = typer.Option(None, help="cap samples per task (seeded choice)"),
+    max_new_tokens: int = typer.Option(96, help="generation budget per turn"),
+    batch_size: int = typer.Option(32, help="HF generation batch size"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps"),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
+    served_model: str | None = typer.Option(None, help="model name to request when --model is an endpoint"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="env var holding the endpoint's API key"),
+    ifeval: Path | None = typer.Option(None, "--ifeval", help="IFEval-format prompts jsonl (base layer)"),
+    ifeval_limit: int | None = typer.Option(None, help="use only the first N IFEval prompts"),
+    experience: bool = typer.Option(True, "--experience/--no-experience", help="run stress dialogues"),
+    experience_per_task: int = typer.Option(2, help="samples per task given stress dialogues"),
+    judge_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint for an LLM judge (off by default)"),
+    judge_model: str | None = typer.Option(None, help="model name for the judge endpoint"),
+    seed: int = typer.Option(0, help="seed for sample choice, dialogue scripts and sampling"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+) -> None:
+    """Evaluate MODEL on base / business / experience layers and update the matrix in OUT."""
+    from rich.console import Console
+
+    from mixtune.data.ontology import load_ontology
+    from mixtune.errors import ConfigError
+    from mixtune.eval.backends import OpenAIBackend, load_backend
+    from mixtune.eval.experience import LLMJudge
+    from mixtune.eval.matrix import render_summary
+    from mixtune.eval.runner import evaluate_model, read_jsonl, write_matrix
+    from mixtune.rules import RuleEngine, RuleSet
+
+    console = Console(stderr=True)
+    onto = load_ontology(ontology)
+    engine = RuleEngine(RuleSet.load(rules))
+    samples = load_samples(data, split=split, per_task=samples_per_task, seed=seed)
+    prompts = load_ifeval(ifeval, ifeval_limit) if ifeval else None
+    judge = None
+    if judge_url:
+        if not judge_model:
+            raise ConfigError("--judge-url needs --judge-model", where="--judge-model")
+        judge = LLMJudge(OpenAIBackend(judge_url, api_key=os.environ.get(api_key_env), model=judge_model))
+    name = model_name or (served_model if model.startswith(("http://", "https://")) else Path(model).name)
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"unusable model name {name!r}; pass --model-name", where="--model-name")
+    backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size,
+                           api_key=os.environ.get(api_key_env), model=served_model)
+    console.print(f"evaluating [bold]{name}[/] on {len(samples)} samples, {len({s.task_id for s in samples})} tasks")
+    out.mkdir(parents=True, exist_ok=True)
+    evaluate_model(backend, samples, onto, engine, model_name=name, max_new_tokens=max_new_tokens,
+                   experience=experience, ifeval_prompts=prompts, out_path=out / f"{name}.jsonl",
+                   progress=progress, experience_per_task=experience_per_task, judge=judge, seed=seed)
+    by_model = {p.stem: read_jsonl(p) for p in sorted(out.glob("*.jsonl"))}
+    write_matrix(by_model, out)
+    Console().print(render_summary(json.loads((out / "summary.json").read_text(encoding="utf-8"))))
+    console.print(f"wrote {out / (name + '.jsonl')}, {out / 'matrix.json'}, {out / 'summary.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mixtune eval``."""
+    app.command("eval")(eval_cmd)
