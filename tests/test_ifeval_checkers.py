@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from mixtune.errors import DataError
@@ -260,10 +262,13 @@ def test_all_25_types_have_cases():
 
 
 def test_punkt_sentences_respect_abbreviations():
+    """English Punkt parameters are read as literals from the wheel, never imported."""
     # A naive split on ". " gives 4; NLTK's English Punkt knows "Dr." and "U.S." abbreviations.
     text = "Dr. Smith met the U.S. team. They agreed. It rained."
     assert T.count_sentences(text, "en") == 3
     assert T.word_tokenize_en("Don't stop.") == ["Do", "n't", "stop", "."]
+    assert "punkt" not in sys.modules
+    assert "dr" in T.punkt_tokenizer()._params.abbrev_types
 
 
 def test_chinese_counting():

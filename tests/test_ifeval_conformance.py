@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from mixtune.eval.ifeval import AGGREGATE_KEYS, load_prompts, load_responses, score_responses
+from mixtune.eval.ifeval import (
+    AGGREGATE_KEYS,
+    load_prompts,
+    load_responses,
+    resolve_language,
+    score_responses,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "ifeval"
 
@@ -72,3 +78,9 @@ def test_loose_never_below_strict_except_random_letter(scored):
         if s and not lo
     ]
     assert odd == [(1122, 1)]
+
+
+def test_chinese_prompt_file_validates_and_resolves_to_zh():
+    zh = load_prompts(DATA / "zh" / "zh_mt.jsonl")
+    assert len(zh) == 541
+    assert {resolve_language(p) for p in zh} == {"zh"}

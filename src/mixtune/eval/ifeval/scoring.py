@@ -145,7 +145,9 @@ def score_prompt(
     if not isinstance(response, str):
         raise DataError("response must be a string", where=where)
     lang = resolve_language(prompt, language)
-    variants = loose_variants(response)
+    # Checks are pure, so identical variants (no '*' in the response, a one-line response)
+    # need checking once: dict.fromkeys dedupes in order and any() gives the same verdict.
+    variants = list(dict.fromkeys(loose_variants(response)))
     strict, loose = [], []
     key = prompt["key"]
     for i, (iid, kw) in enumerate(zip(prompt["instruction_id_list"], kwargs)):

@@ -173,6 +173,7 @@ def _seeded_langdetect():
     return langdetect
 
 
+@functools.lru_cache(maxsize=1024)  # strict and loose (and case checks) re-detect the same text
 def detect_language(text: str) -> str | None:
     """langdetect's language code, or ``None`` when it cannot decide (no features)."""
     ld = _seeded_langdetect()
