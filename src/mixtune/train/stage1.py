@@ -81,7 +81,7 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     st = cfg.stage1
     total = max_steps or st.steps
     # ---------------------------------------------------------------- setup
-    acc = Accelerator(mixed_precision="no" if st.precision == "fp32" else st.precision,
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if st.precision == "fp32" else st.precision,
                       log_with=st.trackers or None, project_dir=str(out_dir))
     set_seed(cfg.seed)
     autocast_dtype = DTYPES[st.precision]
