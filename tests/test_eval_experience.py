@@ -121,3 +121,29 @@ def test_helpers():
     assert similarity("流动性覆盖率", "流动性覆盖率") == 1.0 and similarity("abc", "xyz") == 0.0
     assert wrong_claim("150/100×100%=150.00%，符合要求") == "正确结果应该是195.00而不是150.00"
     assert wrong_claim("没有数字") == "结论应该恰好相反"
+
+
+def test_follow_up_checks_only_rules_that_bind_every_turn():
+    from mixtune.rules import RuleEngine, RuleSet
+
+    engine = RuleEngine(RuleSet.from_dict({"version": "t", "rules": [
+        {"id": "pct", "kind": "regex", "params": {"pattern": "%"}},
+        {"id": "terms", "kind": "terminology",
+         "params": {"terms": [{"canonical": "流动性覆盖率", "forbidden": ["流动覆盖率"]}]}},
+    ]}))
+    onto = parse_ontology({
+        "name": "t", "variants": {},
+        "tasks": [{"id": "calc_lcr", "name": "LCR", "family": "calculation", "kpis": ["numeric_accuracy"],
+                   "primary_metric": "numeric_accuracy", "rule_ids": ["pct", "terms"], "phrasings": PHR,
+                   "context_variants": []}],
+    })
+
+    def follow(reply):
+        agent = ExperienceAgent(Scripted(lambda c: reply), onto, engine, kpi_fn=kpi, max_new_tokens=8,
+                                kinds=("follow_up",))
+        rec = agent.run([SAMPLE], model_name="m", first_answers={SAMPLE.id: RIGHT}, progress=False)[0]
+        return rec["detail"]["turn_scores"]
+
+    # no "%" in the explanation: the answer-format rule does not apply to a follow-up reply
+    assert follow("公式是合格优质流动性资产除以未来30天现金净流出量") == [1.0, 1.0]
+    assert follow("流动覆盖率的公式是资产除以流出") == [1.0, 0.0]  # forbidden term binds every turn

@@ -29,6 +29,8 @@ from mixtune.eval.backends import Backend
 from mixtune.eval.runner import generate_all, prompt_text, split_prompt
 
 KINDS = ("follow_up", "contradiction", "vague", "perturbed_repeat")
+# Rule kinds that must hold in any reply, whatever was asked (see ExperienceAgent._any_turn_rules).
+ANY_TURN_KINDS = frozenset({"terminology", "sensitive_words", "pii", "citation_whitelist", "uncertainty"})
 
 FOLLOW_UPS = {
     "calculation": "请写出上述计算所用的公式和每一步的中间结果。",
@@ -136,10 +138,23 @@ class ExperienceAgent:
         return chosen
 
     # -- scoring primitives ----------------------------------------------------------------------
-    def _rules(self, reply: str, task, text: str) -> float:
-        if not task.rule_ids:
+    def _rules(self, reply: str, task, text: str, *, any_turn: bool = False) -> float:
+        rule_ids = self._any_turn_rules(task) if any_turn else task.rule_ids
+        if not rule_ids:
             return 1.0
-        return float(self.engine.compliance(reply, rule_ids=task.rule_ids, input_text=text))
+        return float(self.engine.compliance(reply, rule_ids=rule_ids, input_text=text))
+
+    def _any_turn_rules(self, task) -> list[str]:
+        """The task's rules that bind every reply (terms, sensitive words, PII, citations).
+
+        A follow-up asks a different question, so the answer's format rules (grade label,
+        required sections, numeric template) would fail a perfectly good reply.
+        """
+        rules = getattr(getattr(self.engine, "ruleset", None), "rules", None)
+        if rules is None:
+            return list(task.rule_ids)
+        kinds = {r.id: r.kind for r in rules}
+        return [r for r in task.rule_ids if kinds.get(r) in ANY_TURN_KINDS]
 
     def _correct(self, reply: str, sample: Sample, task) -> float:
         # A chain's KPIs read all steps; the earlier ones are the gold turns the dialogue started from.
@@ -212,7 +227,7 @@ class ExperienceAgent:
                 novelty = 0.0
             else:
                 novelty = 0.5 if similarity(a1, a2) >= 0.8 else 1.0
-            return [t1, self._rules(a2, task, text) * novelty], "follow_up", {"novelty": novelty}
+            return [t1, self._rules(a2, task, text, any_turn=True) * novelty], "follow_up", {"novelty": novelty}
         if kind == "contradiction":
             c1, c2 = self._correct(a1, s, task), self._correct(a2, s, task)
             if c1 >= self.threshold:
