@@ -1,0 +1,39 @@
+"""``mixtune serve MODEL``: expose a trained model (HF dir or PEFT adapter) as an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+
+def serve_cmd(
+    model: str = typer.Argument(..., help="HF model dir or PEFT adapter dir"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="MIXTUNE_API_KEY",
+                                       help="require 'Authorization: Bearer KEY' (env MIXTUNE_API_KEY)"),
+    model_name: str | None = typer.Option(None, "--model-name", help="served model id (default: dir name)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps"),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
+    max_batch: int = typer.Option(8, help="most concurrent requests merged into one generate call"),
+    max_tokens_limit: int = typer.Option(4096, help="largest max_tokens a request may ask for"),
+) -> None:
+    """Serve MODEL on /v1/models and /v1/chat/completions (non-streaming) until Ctrl-C."""
+    from mixtune.eval.backends import HFBackend
+    from mixtune.release._server import serve_forever
+    from mixtune.release.serve import build_serve_app, counters_from_tokenizer
+
+    backend = HFBackend(model, device=device, dtype=dtype, batch_size=max_batch)
+    count_text, count_prompt = counters_from_tokenizer(backend.tokenizer)
+    name = model_name or os.path.basename(os.path.normpath(model))
+    app = build_serve_app(backend, model_name=name, api_key=api_key, max_batch=max_batch,
+                          count_tokens=count_text, count_prompt_tokens=count_prompt,
+                          max_tokens_limit=max_tokens_limit)
+    typer.echo(f"serving {name!r} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
+    serve_forever(app, host, port)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mixtune serve``."""
+    app.command("serve")(serve_cmd)
