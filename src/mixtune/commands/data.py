@@ -1,0 +1,120 @@
+"""``mixtune data ingest|build|validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+data_app = typer.Typer(help="Ingest, build and validate datasets.", no_args_is_help=True)
+
+
+@data_app.command("ingest")
+def ingest(
+    paths: list[Path] = typer.Argument(..., help="jsonl / json / parquet / csv files (Alpaca, ShareGPT, messages)"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    ontology: Path | None = typer.Option(None, "--ontology", help="quarantine task ids not in this ontology"),
+    field_map: list[str] = typer.Option([], "--field-map", help="target=source, e.g. output=response (repeatable)"),
+    default_task: str | None = typer.Option(None, "--default-task", help="task id for records without one"),
+) -> None:
+    """Every record ends accepted (samples.parquet) or quarantined (quarantine.jsonl) with its reason."""
+    from rich.console import Console
+
+    from mixtune.data.ingest import ingest_paths, parse_field_map
+    from mixtune.data.io import write_json, write_jsonl, write_samples
+    from mixtune.data.ontology import load_ontology
+
+    onto = load_ontology(ontology) if ontology else None
+    res = ingest_paths([str(p) for p in paths], ontology=onto, field_map=parse_field_map(field_map),
+                       default_task=default_task)
+    out.mkdir(parents=True, exist_ok=True)
+    write_samples(res.samples, out / "samples.parquet")
+    write_jsonl(res.quarantine, out / "quarantine.jsonl")
+    summary = res.summary()
+    write_json(summary, out / "ingest_summary.json")
+    c = Console()
+    c.print(f"input {summary['input']}  accepted {summary['accepted']}  quarantined {summary['quarantined']}",
+            highlight=False)
+    for reason, n in summary["by_reason"].items():
+        c.print(f"  {reason}: {n}", highlight=False)
+    c.print(f"wrote {out / 'samples.parquet'}, {out / 'quarantine.jsonl'}, {out / 'ingest_summary.json'}",
+            highlight=False)
+
+
+@data_app.command("build")
+def build(
+    ontology: Path = typer.Option(..., "--ontology", help="ontology YAML"),
+    rules: Path = typer.Option(..., "--rules", help="rule set YAML"),
+    out: Path = typer.Option(..., "--out", help="output dataset directory"),
+    n_per_task: int = typer.Option(300, "--n-per-task", min=1),
+    defect_rate: float = typer.Option(0.05, "--defect-rate", min=0.0, max=0.5),
+    val_fraction: float = typer.Option(0.1, "--val", min=0.0, max=0.5),
+    test_fraction: float = typer.Option(0.1, "--test", min=0.0, max=0.5),
+    perturb_fraction: float = typer.Option(0.3, "--perturb", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed"),
+    source: list[str] = typer.Option([], "--source", help="extra data files to ingest (repeatable)"),
+    require_review: bool = typer.Option(False, "--require-review", help="train only on expert-approved samples"),
+    reviewer: str | None = typer.Option("generator", "--reviewer", help="auto-approving reviewer id for generated data"),
+) -> None:
+    """Generate + ingest, validate, review, score, split, perturb; write a versioned dataset."""
+    from rich.console import Console
+
+    from mixtune.data.build import build_dataset
+
+    res = build_dataset(ontology, rules, out, n_per_task=n_per_task, defect_rate=defect_rate,
+                        val_fraction=val_fraction, test_fraction=test_fraction, perturb_fraction=perturb_fraction,
+                        seed=seed, sources=source, require_review=require_review, reviewer=reviewer or None)
+    c = Console()
+    c.print(f"dataset {res.version}", highlight=False)
+    for k, v in res.counts.items():
+        if not isinstance(v, dict):
+            c.print(f"  {k}: {v}", highlight=False)
+    c.print(f"wrote {out}", highlight=False)
+
+
+@data_app.command("validate")
+def validate(
+    path: Path = typer.Argument(..., help="samples parquet or jsonl"),
+    rules: Path = typer.Option(..., "--rules", help="rule set YAML"),
+    ontology: Path | None = typer.Option(None, "--ontology", help="take each task's rule ids from here"),
+    report: Path | None = typer.Option(None, "--report", help="write failure rows as jsonl"),
+    batch_size: int = typer.Option(2048, "--batch-size", min=1),
+) -> None:
+    """Stream a samples file through the rule engine; exit 1 when any sample has a blocking failure."""
+    import time
+    from collections import Counter
+
+    from rich.console import Console
+
+    from mixtune.data.io import iter_samples, write_jsonl
+    from mixtune.data.ontology import load_ontology
+    from mixtune.data.validate import blocking, failure_rows, validate_stream
+    from mixtune.rules import RuleEngine, RuleSet
+
+    engine = RuleEngine(RuleSet.load(rules))
+    rules_for = {t.id: t.rule_ids for t in load_ontology(ontology).tasks.values()} if ontology else {}
+    n = bad = 0
+    by_rule: Counter = Counter()
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for _s, fails in validate_stream(iter_samples(path, batch_size), engine, rules_for, batch_size):
+        n += 1
+        block = blocking(fails)
+        bad += bool(block)
+        by_rule.update({f.rule_id for f in block})
+        if report is not None:
+            rows.extend(failure_rows(fails))
+    dt = time.perf_counter() - t0
+    if report is not None:
+        write_jsonl(rows, report)
+    c = Console()
+    c.print(f"checked {n} samples in {dt:.2f}s ({n / max(dt, 1e-9):.0f}/s): {n - bad} pass, {bad} fail",
+            highlight=False)
+    for rid, k in by_rule.most_common():
+        c.print(f"  {rid}: {k}", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
