@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,22 +82,68 @@ async def _drive(direct_url: str, gw_url: str, n: int, concurrency: int, deadlin
     return direct, via
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"benchmark process exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)  # graceful: the gateway drains and flushes its log
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def measure(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, deadline_s: float = 120.0) -> dict:
-    """Run the benchmark; returns p50/p99 latencies (ms) of both paths, overheads and lost records."""
-    from mixtune.release._server import ServerThread
+    """Run the benchmark; returns p50/p99 latencies (ms) of both paths, overheads and lost records.
+
+    Client (this process), fake upstreams and the gateway run in three processes, as in production,
+    so the gateway's cost is not inflated by sharing one interpreter lock with the load generator.
+    """
     from mixtune.release._store import ShadowStore
-    from mixtune.release.gateway import build_gateway_app
 
     if n_requests < 1 or concurrency < 1:
         raise ValueError("n_requests and concurrency must be >= 1")
+    procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
         db = f"sqlite:///{Path(tmp) / 'shadow.db'}"
-        with ServerThread(fake_upstream) as champ, ServerThread(fake_upstream) as cand:
-            app = build_gateway_app(champ.url, cand.url, api_key="bench", db_url=db, canary_share=0.0,
-                                    champion_model="fake", candidate_model="fake")
-            with ServerThread(app) as gw:
-                asyncio.run(_drive(champ.url, gw.url, warmup, 2, deadline_s))  # open connections, warm caches
-                direct, via = asyncio.run(_drive(champ.url, gw.url, n_requests, concurrency, deadline_s))
+        p_champ, p_cand, p_gw = _free_port(), _free_port(), _free_port()
+        champ, cand, gw = (f"http://127.0.0.1:{p}" for p in (p_champ, p_cand, p_gw))
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-m", "mixtune.release._overhead", str(p_champ),
+                                           str(p_cand)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            _wait_up(champ + "/v1/models", procs[0], 30)
+            _wait_up(cand + "/v1/models", procs[0], 30)
+            env = dict(os.environ, MIXTUNE_API_KEY="bench")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mixtune", "gateway", "--champion", champ, "--candidate", cand, "--db", db,
+                 "--champion-model", "fake", "--candidate-model", "fake", "--host", "127.0.0.1",
+                 "--port", str(p_gw)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            _wait_up(gw + "/health", procs[1], 60)
+            asyncio.run(_drive(champ, gw, warmup, 2, deadline_s))  # open connections, warm caches
+            direct, via = asyncio.run(_drive(champ, gw, n_requests, concurrency, deadline_s))
+            _stop(procs.pop())  # the gateway: drain + flush before counting
+        finally:
+            for p in procs:
+                _stop(p)
         sent = warmup + len(via)
         stored = ShadowStore(db).count_records()
     return {
@@ -102,3 +154,19 @@ def measure(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, de
         "p99_overhead_ms": _pct(via, 0.99) - _pct(direct, 0.99),
         "lost_records": sent - stored,
     }
+
+
+def _serve_fakes(ports: list[int]) -> None:
+    """Serve the fake upstream on each port until SIGTERM (the benchmark's upstream process)."""
+    from mixtune.release._server import ServerThread
+
+    servers = [ServerThread(fake_upstream, port=p).start() for p in ports]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    for s in servers:
+        s.stop()
+
+
+if __name__ == "__main__":
+    _serve_fakes([int(p) for p in sys.argv[1:]])
