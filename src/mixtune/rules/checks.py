@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
@@ -45,10 +44,17 @@ def register(kind: str):
 class Params:
     """Typed access to a rule's params that fails with the rule id and lists unknown keys."""
 
-    def __init__(self, rule_id: str, params: dict[str, Any], where: str):
+    def __init__(self, rule_id: str, params: dict[str, Any], where: str, files: dict[str, str] | None = None):
         if not isinstance(params, dict):
             raise ConfigError(f"rule {rule_id!r}: params must be a mapping", where)
         self.rule_id, self.raw, self.where, self.used = rule_id, params, where, set()
+        self.files = files or {}
+
+    def read_file(self, ref: str, what: str) -> str:
+        """Text of a referenced file from the rule set's load-time snapshot (see RuleSet)."""
+        if ref not in self.files:
+            raise self.fail(f"cannot read {what} {ref!r} (not loaded with the rule set)")
+        return self.files[ref]
 
     def fail(self, msg: str) -> ConfigError:
         return ConfigError(f"rule {self.rule_id!r}: {msg}", self.where)
@@ -84,7 +90,7 @@ class Check:
     kind: ClassVar[str] = ""
     needs_input: ClassVar[bool] = False
 
-    def __init__(self, p: Params, base_dir: Path):
+    def __init__(self, p: Params):
         self.rule_id = p.rule_id
 
     def run(self, out: Normalized, inp: Normalized | None) -> list[Hit]:
@@ -110,8 +116,8 @@ _FLAGS = {"IGNORECASE": re.IGNORECASE, "MULTILINE": re.MULTILINE, "DOTALL": re.D
 class RegexCheck(Check):
     """``pattern`` must match (``mode: must_match``) or must not (``mode: must_not_match``)."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         self.mode = p.get("mode", str, "must_match")
         if self.mode not in ("must_match", "must_not_match"):
             raise p.fail(f"mode must be must_match or must_not_match, got {self.mode!r}")
@@ -141,18 +147,17 @@ class JsonSchemaCheck(Check):
 
     _FENCE = re.compile(r"```(?:json)?\s*\n?(.*?)```", re.DOTALL)
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         schema = p.get("schema", dict, None)
         schema_file = p.get("schema_file", str, None)
         if (schema is None) == (schema_file is None):
             raise p.fail("give exactly one of 'schema' or 'schema_file'")
         if schema_file is not None:
-            path = base_dir / schema_file
             try:
-                schema = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise p.fail(f"cannot read schema_file {str(path)!r}: {e}") from None
+                schema = json.loads(p.read_file(schema_file, "schema_file"))
+            except ValueError as e:
+                raise p.fail(f"schema_file {schema_file!r} is not valid JSON: {e}") from None
         cls = jsonschema.validators.validator_for(schema)
         try:
             cls.check_schema(schema)
@@ -180,8 +185,8 @@ class JsonSchemaCheck(Check):
 class RequiredSectionsCheck(Check):
     """Every marker in ``sections`` appears; with ``ordered: true`` in the listed order."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         secs = p.get("sections", list, required=True)
         if not secs or not all(isinstance(s, str) and s for s in secs):
             raise p.fail("param 'sections' must be a non-empty list of strings")
@@ -207,8 +212,8 @@ class RequiredSectionsCheck(Check):
 class LengthCheck(Check):
     """Normalised length (zero-width padding does not count) within ``[min, max]`` characters."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         self.min = p.get("min", int, 0)
         self.max = p.get("max", int, None)
         if self.min < 0 or (self.max is not None and self.max < self.min):
@@ -230,8 +235,8 @@ class NumericPrecisionCheck(Check):
     ``ignore_regex`` exempts stretches such as stated thresholds (``不低于100%``).
     """
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         self.patterns: list[tuple[str, re.Pattern[str], int]] = []
         for i, spec in enumerate(p.get("patterns", list, required=True)):
             if not isinstance(spec, dict) or set(spec) - {"regex", "decimals", "label"} or "regex" not in spec:
@@ -271,8 +276,8 @@ class NumericConsistencyCheck(Check):
 
     needs_input = True
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         self.inputs = self._extractors(p, "inputs")
         self.outputs = self._extractors(p, "outputs")
         if not self.outputs:

@@ -65,11 +65,13 @@ class Rule:
 class RuleSet:
     """A versioned, validated list of rules loaded from YAML."""
 
-    def __init__(self, declared_version: str, rules: list[Rule], base_dir: Path, content_hash: str,
+    def __init__(self, declared_version: str, rules: list[Rule], files: dict[str, str], content_hash: str,
                  source: str = "<memory>"):
         self.declared_version = declared_version
         self.rules = rules
-        self.base_dir = base_dir
+        # Referenced files (glossary, schema) are read once at load: an engine built later from
+        # this set compiles exactly what the version hash covers, even if the file changed since.
+        self.files = files
         self.content_hash = content_hash
         self.source = source
         self.version = f"{declared_version}+{content_hash[:8]}"
@@ -146,15 +148,17 @@ class RuleSet:
             seen.add(rule.id)
             rules.append(rule)
         h = hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode())
+        files: dict[str, str] = {}
         for r in rules:  # a glossary edit changes behaviour, so it changes the version
             for key in _FILE_PARAMS:
                 ref = r.params.get(key)
-                if isinstance(ref, str):
+                if isinstance(ref, str) and ref not in files:
                     try:
-                        h.update((base_dir / ref).read_bytes())
-                    except OSError as e:
+                        files[ref] = (base_dir / ref).read_text(encoding="utf-8")
+                    except (OSError, UnicodeDecodeError) as e:
                         raise ConfigError(f"rule {r.id!r}: cannot read {key} {ref!r}: {e}", source) from None
-        rs = cls(version, rules, base_dir, h.hexdigest(), source)
+                    h.update(ref.encode() + b"\0" + files[ref].encode())
+        rs = cls(version, rules, files, h.hexdigest(), source)
         RuleEngine(rs)  # compile now so every param error surfaces at load time
         return rs
 
@@ -204,8 +208,8 @@ class RuleEngine:
         self.version = ruleset.version
         self._rules: dict[str, _Compiled] = {}
         for r in ruleset.rules:
-            p = Params(r.id, r.params, ruleset.source)
-            check = CHECKS[r.kind](p, ruleset.base_dir)
+            p = Params(r.id, r.params, ruleset.source, ruleset.files)
+            check = CHECKS[r.kind](p)
             p.finish()
             when = {k: p.regex(v, f"applies_when.{k}") for k, v in r.applies_when.items()}
             self._rules[r.id] = _Compiled(r, check, when.get("input_regex"), when.get("output_regex"))

@@ -9,7 +9,6 @@ leftmost. That is what lets a canonical term shadow a forbidden variant it conta
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import ahocorasick
@@ -57,14 +56,14 @@ def _str_list(p: Params, name: str, default: Any = ...) -> list[str]:
     return [normalize_text(x) for x in v]
 
 
-def load_glossary(path: Path, p: Params) -> list[dict[str, Any]]:
-    """Read a glossary YAML file (``terms: [{canonical, forbidden: [...]}]``)."""
+def load_glossary(ref: str, p: Params) -> list[dict[str, Any]]:
+    """Parse a glossary YAML file (``terms: [{canonical, forbidden: [...]}]``)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise p.fail(f"cannot read glossary {str(path)!r}: {e}") from None
+        data = yaml.safe_load(p.read_file(ref, "glossary"))
+    except yaml.YAMLError as e:
+        raise p.fail(f"glossary {ref!r} is not valid YAML: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("terms"), list):
-        raise p.fail(f"glossary {str(path)!r} must be a mapping with a 'terms' list")
+        raise p.fail(f"glossary {ref!r} must be a mapping with a 'terms' list")
     return data["terms"]
 
 
@@ -72,14 +71,14 @@ def load_glossary(path: Path, p: Params) -> list[dict[str, Any]]:
 class TerminologyCheck(Check):
     """Forbidden variants of canonical terms fail with their span (from ``glossary`` or ``terms``)."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         glossary = p.get("glossary", str, None)
         terms = p.get("terms", list, None)
         if (glossary is None) == (terms is None):
             raise p.fail("give exactly one of 'glossary' (file) or 'terms' (inline list)")
         if glossary is not None:
-            terms = load_glossary(base_dir / glossary, p)
+            terms = load_glossary(glossary, p)
         entries: dict[str, str | None] = {}
         for i, t in enumerate(terms or []):
             if not isinstance(t, dict) or not isinstance(t.get("canonical"), str):
@@ -109,8 +108,8 @@ class TerminologyCheck(Check):
 class SensitiveWordsCheck(Check):
     """Listed words fail unless quoted inside a marker such as ``【敏感:保本】``."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         words = _str_list(p, "words", ...)
         if not words:
             raise p.fail("param 'words' must not be empty")
@@ -183,8 +182,8 @@ def uncertainty_grade(text: str) -> int | None:
 class UncertaintyCheck(Check):
     """Every hedging expression's level lies in ``[allowed_min, allowed_max]``."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         self.lo = p.get("allowed_min", int, 0)
         self.hi = p.get("allowed_max", int, 3)
         if not 0 <= self.lo <= self.hi <= 3:
@@ -225,8 +224,8 @@ class CitationWhitelistCheck(Check):
     """Cited titles 《…》 and document numbers must be on the whitelist; ``min_citations`` counts
     whitelisted documents cited by full title (and their number, when ``require_number``)."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         self.titles: dict[str, str | None] = {}
         for i, d in enumerate(p.get("documents", list, required=True)):
             if not isinstance(d, dict) or not isinstance(d.get("title"), str) or set(d) - {"title", "number"}:
@@ -271,8 +270,8 @@ class CitationWhitelistCheck(Check):
 class PiiCheck(Check):
     """Unmasked ID card, mobile or bank card numbers fail with their span."""
 
-    def __init__(self, p: Params, base_dir: Path):
-        super().__init__(p, base_dir)
+    def __init__(self, p: Params):
+        super().__init__(p)
         kinds = p.get("kinds", list, list(PII_KINDS))
         bad = set(kinds) - set(PII_KINDS)
         if bad:

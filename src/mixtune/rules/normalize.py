@@ -23,7 +23,7 @@ _ZW_RE = re.compile(f"[{ZERO_WIDTH}]")
 # Built lazily: scanning all code points takes ~0.2 s. Two patterns because a character class
 # holding only BMP code points compiles to a bitmap (O(1) per char) while one with astral
 # ranges is scanned range by range (~15x slower); the astral one runs only on astral text.
-_PATTERNS: tuple[re.Pattern[str], re.Pattern[str], frozenset[str]] | None = None
+_PATTERNS: tuple[re.Pattern[str], re.Pattern[str], frozenset[str], dict[int, str]] | None = None
 _CHUNK_CACHE: dict[str, str] = {}
 _CHUNK_CACHE_MAX = 8192
 
@@ -42,12 +42,13 @@ def _ranges_class(cps: list[int]) -> str:
     return "".join(parts)
 
 
-def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str]]:
-    """(BMP runs regex, all-planes runs regex, set of combining marks)."""
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str], dict[int, str]]:
+    """(BMP runs regex, all-planes runs regex, combining marks, one-to-one translate table)."""
     global _PATTERNS
     if _PATTERNS is None:
         cps: list[int] = []
         marks: list[str] = []
+        one_to_one: dict[int, str] = {}
         zw = {ord(c) for c in ZERO_WIDTH}
         for cp in range(sys.maxunicode + 1):
             if 0xD800 <= cp <= 0xDFFF:
@@ -58,9 +59,12 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], frozenset[str]]:
                 marks.append(c)
             if is_mark or cp in zw or not unicodedata.is_normalized("NFKC", c):
                 cps.append(cp)
+                n = unicodedata.normalize("NFKC", c)
+                if not is_mark and cp not in zw and len(n) == 1 and not unicodedata.combining(n):
+                    one_to_one[cp] = n
         bmp = re.compile(f"[{_ranges_class([c for c in cps if c < 0x10000])}]+")
         full = re.compile(f"[{_ranges_class(cps)}]+")
-        _PATTERNS = (bmp, full, frozenset(marks))
+        _PATTERNS = (bmp, full, frozenset(marks), one_to_one)
     return _PATTERNS
 
 
@@ -113,7 +117,7 @@ class Normalized:
 
     @property
     def identity(self) -> bool:
-        """True when normalisation changed nothing (spans need no mapping)."""
+        """True when every offset is unchanged (spans need no mapping; text may differ 1:1)."""
         return not self._ns
 
     def _start(self, j: int) -> int:
@@ -146,17 +150,28 @@ class Normalized:
 def normalize(text: str) -> Normalized:
     """Normalise ``text`` (NFKC, full→half width, zero-width removed) keeping an offset map.
 
-    Fast paths: ASCII text and text that is already NFKC without zero-width characters are
-    returned untouched without building any map.
+    Fast paths: ASCII text is returned untouched. Typical Chinese text only needs one-to-one
+    substitutions (full-width ``，：（）％`` and digits → half-width), which keep every offset, so
+    a few C-level ``str.replace`` calls suffice and no map is built. Only text with deletions
+    (zero-width), expansions (``㎡`` → ``m2``) or combining marks takes the clustered path.
     """
-    if text.isascii() or (unicodedata.is_normalized("NFKC", text) and not _ZW_RE.search(text)):
+    if text.isascii():
         return Normalized(text, text)
+    bmp_re, full_re, marks, table = _patterns()
+    pattern = full_re if max(text) > "\uffff" else bmp_re
+    runs = pattern.findall(text)
+    if not runs:
+        return Normalized(text, text)
+    changed = set("".join(runs))
+    if all(ord(c) in table for c in changed):
+        folded = text
+        for c in changed:
+            folded = folded.replace(c, table[ord(c)])
+        return Normalized(text, folded)
     pieces: list[str] = []
     chunks: list[tuple[int, int, int, int]] = []
     orig_pos = 0
     norm_pos = 0
-    bmp_re, full_re, marks = _patterns()
-    pattern = full_re if max(text) > "\uffff" else bmp_re
     for m in pattern.finditer(text):
         for s, e in _clusters(text, m.start(), m.end(), marks, orig_pos):
             if s > orig_pos:

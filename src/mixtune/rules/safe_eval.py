@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -275,7 +276,9 @@ def compile_expr(source: str, allowed_names: frozenset[str] | set[str] | None = 
     if not source.strip():
         raise SafeEvalError("expression is empty")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" etc. become our error, not noise
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
         msg = getattr(e, "msg", None) or str(e) or type(e).__name__
         raise SafeEvalError(f"cannot parse {source!r}: {msg}") from None
