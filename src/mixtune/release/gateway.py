@@ -117,6 +117,8 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while not self.mirror_q.empty():
             job = self.mirror_q.get_nowait()
+            if job.pending is not None:
+                job.pending.cancel()
             job.record[f"{job.other}_error"] = "gateway shut down before the mirror ran"
             self._enqueue_record(job.record)
         try:
