@@ -25,6 +25,7 @@ from mixtune.data.io import write_json, write_jsonl, write_samples
 from mixtune.data.lineage import lineage_table, write_lineage
 from mixtune.data.ontology import Ontology, load_ontology
 from mixtune.data.perturb import perturb_samples
+from mixtune.data.review import ReviewQueue
 from mixtune.data.schema import Sample
 from mixtune.data.validate import annotate, blocking, failure_rows, validate_stream
 from mixtune.errors import ConfigError
@@ -141,10 +142,12 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
         accepted.append(s)
     _log(progress, f"validated {len(unique)}: {len(accepted)} pass, {len(unique) - len(accepted)} quarantined")
 
+    queue = ReviewQueue(out / "review_log.jsonl")  # decisions imported by `mixtune review import`
+    queue.apply_to(accepted)
     pending: list[Sample] = []
     train_ready: list[Sample] = []
     for s in accepted:
-        if s.review_status != "approved" and reviewer is not None and not require_review and s.source_type == "generated":
+        if s.review_status == "pending" and reviewer is not None and not require_review and s.source_type == "generated":
             s.review_status, s.reviewer_id, s.review_time = "approved", reviewer, now
         if require_review and s.review_status != "approved":
             pending.append(s)
@@ -176,7 +179,10 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     }
     if pending:
         paths["review_queue"] = write_samples(pending, out / "review_queue.parquet")
-    rates = rejection_rates(unique, by_task_failed, onto)
+        queue.add(pending)
+    elif (out / "review_queue.parquet").exists():  # stale queue from an earlier build
+        (out / "review_queue.parquet").unlink()
+    rates = {**rejection_rates(unique, by_task_failed, onto), **queue.rejection_rates()}
     paths["review_stats"] = write_json(rates, out / "review_stats.json")
     counts = {
         "generated": len(samples) - sum(1 for s in samples if s.source_type != "generated"),
@@ -201,10 +207,11 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
 
 
 def rejection_rates(samples: list[Sample], failed: Counter, onto: Ontology) -> dict[str, float]:
-    """Per-task share of samples rejected by experts, or failing validation when none was reviewed.
+    """Per-task rejection rate from the data itself: expert decisions carried by ingested samples,
+    else the validation failure rate as a proxy.
 
-    Human review decisions take precedence (they are what DESIGN.md §4 feeds the heat engine);
-    without them the validation failure rate is the best available proxy.
+    Decisions from the review queue (``review_log.jsonl``) override these in :func:`build_dataset`;
+    they are what DESIGN.md §4 feeds the heat engine.
     """
     reviewed: dict[str, list[str]] = defaultdict(list)
     total: Counter = Counter()
