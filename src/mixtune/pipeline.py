@@ -75,6 +75,18 @@ def _engine(cfg: PipelineConfig):
     return RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
 
 
+def _launched(cfg: PipelineConfig, rd: RunDir, stage: int) -> bool:
+    """Run the stage under accelerate launch when its launcher profile asks for it."""
+    st = cfg.stage1 if stage == 1 else cfg.stage2
+    if st.launcher.profile == "single" and st.launcher.num_processes == 1:
+        return False
+    from mixtune.train.launch import launch_stage, write_profile
+
+    profile = write_profile(rd.path, stage, st.launcher.profile, st.launcher.num_processes, st.precision)
+    launch_stage(stage, rd.path / "config.resolved.yaml", profile, st.launcher.num_processes)
+    return True
+
+
 def step_stage1(cfg: PipelineConfig, rd: RunDir, samples: list, base: str) -> str:
     from mixtune.train.stage1 import train_stage1
 
@@ -82,7 +94,8 @@ def step_stage1(cfg: PipelineConfig, rd: RunDir, samples: list, base: str) -> st
     out = rd.path / "stage1"
     if not rd.done("stage1", fp):
         t0 = time.time()
-        train_stage1(cfg, [s for s in samples if s.stage == 1], base, out)
+        if not _launched(cfg, rd, 1):
+            train_stage1(cfg, [s for s in samples if s.stage == 1], base, out)
         rd.mark("stage1", fp, wall_s=round(time.time() - t0, 1))
     return str(out / "model")
 
@@ -104,9 +117,10 @@ def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: st
         onto, value, groups, families = _ontology_maps(cfg)
         chains = [list(c.steps) for c in onto.chains.values()]
         t0 = time.time()
-        train_stage2(cfg, samples, stage1_model, out, business_value=value, groups=groups, families=families,
-                     chains=chains, rejection=rejection_rates(rd), engine=_engine(cfg),
-                     mixing_log=rd.path / "mixing_log.jsonl")
+        if not _launched(cfg, rd, 2):
+            train_stage2(cfg, samples, stage1_model, out, business_value=value, groups=groups, families=families,
+                         chains=chains, rejection=rejection_rates(rd), engine=_engine(cfg),
+                         mixing_log=rd.path / "mixing_log.jsonl")
         rd.mark("stage2", fp, wall_s=round(time.time() - t0, 1))
     return str(out / "model")
 

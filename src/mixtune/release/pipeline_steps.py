@@ -1,0 +1,100 @@
+"""The release end of ``mixtune run``: validate gate → registry → offline canary → release.
+
+The champion is the registry's ``champion`` alias when one exists (its evaluation records are
+stored with it), otherwise the untrained base model — the honest "what we would serve without
+this run" reference. Each gate decision goes to ``gates.jsonl`` with its evidence; the registry
+only moves the candidate when the gate that guards the transition passed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from mixtune.config import PipelineConfig
+from mixtune.rundir import RunDir
+
+console = Console(stderr=True)
+
+
+def registry_url(cfg: PipelineConfig, run_dir: Path) -> str:
+    """Relative SQLite paths live in the run's output folder (shared by runs of that folder)."""
+    url = cfg.registry.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
+        return prefix + str((run_dir.parent / url[len(prefix):]).resolve())
+    return url
+
+
+def _records(path: Path) -> list[dict]:
+    from mixtune.release.gates import load_eval_records
+
+    return load_eval_records(path)
+
+
+def _gate(name: str, specs_cfg, cand, champ, cfg: PipelineConfig, model_id: int, gates_path: Path,
+          champion_name: str):
+    from mixtune.release.gates import append_decision, evaluate_gate, parse_specs
+
+    specs = parse_specs([s.model_dump(exclude_none=True) for s in specs_cfg], where=f"gates.{name}")
+    decision = evaluate_gate(name, specs, cand, champ, n_boot=cfg.gates.bootstrap_samples,
+                             confidence=cfg.gates.confidence, seed=cfg.seed,
+                             meta={"model_id": model_id, "champion": champion_name})
+    append_decision(gates_path, decision)
+    console.print(f"gate {name}: {decision.status}")
+    return decision
+
+
+def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
+    """Evaluate gates and move the stage-2 model through the registry; returns a summary."""
+    from mixtune.release.registry import Registry
+
+    fp = rd.fingerprint("gates", ("gates", "registry"), ("eval",))
+    if rd.done("gates", fp):
+        return rd.state["steps"]["gates"]
+    gates_path = rd.path / "gates.jsonl"
+    if gates_path.exists():
+        gates_path.unlink()  # decisions of an interrupted attempt are superseded by this one
+    cand = _records(rd.path / "eval" / "stage2.jsonl")
+    reg = Registry(registry_url(cfg, rd.path))
+    try:
+        champion = reg.get_alias(cfg.registry.model_name, "champion")
+        if champion is not None and Path(champion.metrics.get("eval_records", "")).is_file():
+            champ, champ_name = _records(Path(champion.metrics["eval_records"])), f"registry:{champion.id}"
+        else:
+            champ, champ_name = _records(rd.path / "eval" / "base.jsonl"), "base"
+        summary = json.loads((rd.path / "eval" / "summary.json").read_text())
+        model = reg.register(cfg.registry.model_name, str(rd.path / "stage2" / "model"), metrics={
+            "eval_records": str(rd.path / "eval" / "stage2.jsonl"), "summary": summary.get("stage2", {}),
+            "run": str(rd.path)}, who="mixtune run")
+        out = {"model_id": model.id, "champion": champ_name, "gates": {}}
+        # validate: offline evaluation matrix vs the champion → validated (or rejected)
+        decision = _gate("validate", cfg.gates.validate_, cand, champ, cfg, model.id, gates_path, champ_name) \
+            if cfg.gates.validate_ else None
+        out["gates"]["validate"] = decision.status if decision else "not configured"
+        if decision and decision.status == "pass":
+            model = reg.transition(model.id, "validated", who="mixtune run", why="validate gate passed",
+                                   evidence=decision.to_dict())
+            model = reg.transition(model.id, "canary", who="mixtune run",
+                                   why="canary: offline shadow comparison on held-out traffic")
+            # canary: the paired comparison on the held-out traffic replayed against both models
+            decision = _gate("canary", cfg.gates.canary, cand, champ, cfg, model.id, gates_path, champ_name) \
+                if cfg.gates.canary else None
+            out["gates"]["canary"] = decision.status if decision else "not configured"
+            if decision and decision.status == "pass":
+                model = reg.transition(model.id, "released", who="mixtune run", why="canary gate passed",
+                                       evidence=decision.to_dict())
+        if decision and decision.status == "fail":
+            model = reg.transition(model.id, "rejected", who="mixtune run",
+                                   why=f"{decision.gate} gate failed", evidence=decision.to_dict())
+        shown = reg.show(model.id)
+        out["state"] = shown.state
+        (rd.path / "registry.json").write_text(json.dumps({
+            "url": registry_url(cfg, rd.path), "model": shown.__dict__}, ensure_ascii=False, indent=1, default=str))
+    finally:
+        reg.close()
+    rd.mark("gates", fp, **out)
+    console.print(f"registry: model {out['model_id']} is {out['state']}")
+    return out
