@@ -205,3 +205,28 @@ def test_json_schema_from_file_is_snapshotted(tmp_path):
     assert eng.passes('{"level": "低"}') and not eng.passes('{"other": 1}')
     with pytest.raises(ConfigError, match="rule 'j': schema_file 's.json' is not valid JSON"):
         RuleSet.load(path)
+
+
+_PIECES = ["9" * 300, "=", "%", "bp", "《", "》", "(", ")", "（", "）", "令2018年第3号", "〔2018〕", "号", "【敏感:",
+           "】", "保本", "一定", "流动覆盖率", "\u200b", "\ufeff", "\u0301", "𝐀", "１２３", "，", "合计", "起", ".",
+           "[" * 50, "{", '"', "\n", "流动性覆盖率=", "138001380000", " ", "X", "㎡", "e"]
+
+
+def test_hostile_texts_never_crash_and_spans_stay_in_bounds(engine):
+    import random
+
+    rng = random.Random(5)
+    ids = list(engine.ruleset.ids)
+    start = time.perf_counter()
+    for i in range(300):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 80)))
+        inp = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 20)))
+        for f in engine.check(text, rule_ids=ids, input_text=inp, sample_id=str(i)):
+            assert f.span is None or 0 <= f.span[0] <= f.span[1] <= len(text)
+        for s, e, _ in engine.flag_spans(text):
+            assert 0 <= s < e <= len(text)
+    # a long digit run and deep JSON nesting stay linear / fail cleanly
+    assert engine.check("1" * 20000 + "bp", rule_ids=["numeric_precision_bp"]) == []
+    [f] = engine.check("[" * 100000, rule_ids=["risk_factors_json"])
+    assert "too deeply" in f.reason or "not valid JSON" in f.reason
+    assert time.perf_counter() - start < 5

@@ -93,3 +93,19 @@ def test_mask_pii_keeps_first3_last4_and_everything_else():
     assert masked == "客户张先生，身份证号110***********123X，手机138****8000，卡号622************0123。"
     assert find_pii(masked) == []
     assert mask_pii("没有个人信息。") == "没有个人信息。"
+
+
+def test_exhaustive_short_texts_over_tricky_alphabet():
+    """Every text of ≤3 symbols mixing marks, zero-width, expansions, astral and full-width."""
+    import itertools
+
+    alphabet = ["9", "=", "（", "\u200b", "\u0301", "𝐀", "１", "，", "㎡", "e", "X"]
+    for n in (1, 2, 3):
+        for combo in itertools.product(alphabet, repeat=n):
+            text = "".join(combo)
+            nt = normalize(text)
+            assert nt.text == unicodedata.normalize("NFKC", text).replace("\u200b", ""), repr(text)
+            for a in range(len(nt.text)):
+                for b in range(a + 1, len(nt.text) + 1):
+                    s, e = nt.span_to_orig(a, b)
+                    assert 0 <= s <= e <= len(text) and nt.text[a:b] in normalize_text(text[s:e])

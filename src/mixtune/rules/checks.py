@@ -24,8 +24,10 @@ from mixtune.rules.safe_eval import SafeEvalError, compile_expr
 Hit = tuple[str, "tuple[int, int] | None"]
 MAX_HITS = 20  # per rule and text: a pathological output must not produce a million rows
 
-# Numbers as written in outputs: optional sign, optional thousands separators, decimals.
-NUM = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+# Numbers as written in outputs: optional sign, optional thousands separators, decimals. The
+# lookbehind makes a match start only at the beginning of a digit run: without it an unanchored
+# pattern such as "{num}bp" retries at every digit of a long run (quadratic on hostile input).
+NUM = r"(?<![\d.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 
 CHECKS: dict[str, type[Check]] = {}
 
@@ -171,6 +173,8 @@ class JsonSchemaCheck(Check):
         body, offset = (m.group(1), m.start(1)) if m else (text, 0)
         try:
             doc = json.loads(body)
+        except RecursionError:  # "[[[[…" nested beyond the interpreter's limit
+            return [("output JSON is nested too deeply", None)]
         except ValueError as e:
             pos = offset + getattr(e, "pos", 0)
             return [(f"output is not valid JSON: {getattr(e, 'msg', e)}", (pos, min(pos + 1, len(text))))]

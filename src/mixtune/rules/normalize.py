@@ -174,12 +174,12 @@ def normalize(text: str) -> Normalized:
     norm_pos = 0
     for m in pattern.finditer(text):
         for s, e in _clusters(text, m.start(), m.end(), marks, orig_pos):
+            out = _norm_chunk(text[s:e])
+            if out == text[s:e]:  # e.g. a digit + combining mark: stays part of the next gap
+                continue
             if s > orig_pos:
                 pieces.append(text[orig_pos:s])
                 norm_pos += s - orig_pos
-            out = _norm_chunk(text[s:e])
-            if out == text[s:e]:  # e.g. a lone combining mark after a consumed cluster
-                continue
             pieces.append(out)
             chunks.append((norm_pos, norm_pos + len(out), s, e))
             norm_pos += len(out)
