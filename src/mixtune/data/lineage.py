@@ -196,3 +196,30 @@ def trace_item(lineage: str | Path, sample_id: str, task_id: str | None = None, 
     return {"sample_id": sample_id, "task_id": task, "rows": rows,
             "twins": [{"sample_id": a, "perturbation_type": b} for a, b in twins],
             "task": trace_task(lineage, task, level=level, limit=limit)}
+
+
+def trace_failures(lineage: str | Path, items: list[dict[str, Any]], *, limit: int = 20) -> dict[str, Any]:
+    """Trace many failing eval items at once (each has ``sample_id`` and ``task_id``).
+
+    One join finds each item's own lineage row (annotator, reviewer, rule-set version, level);
+    then every distinct (task, level) among them is traced with :func:`trace_task`.
+    """
+    import pyarrow as pa
+
+    if not items:
+        return {"items": [], "tasks": []}
+    src = _source(lineage)
+    ids = pa.table({"item_sample_id": [str(i.get("sample_id", "")) for i in items],
+                    "item_task_id": [str(i.get("task_id", "")) for i in items]})
+    con = _connect()
+    try:
+        con.register("failing", ids)
+        rows = con.execute(
+            f"SELECT f.item_sample_id, f.item_task_id, l.level, l.annotator_id, l.reviewer_id, l.ruleset_version, "
+            f"l.split FROM failing f LEFT JOIN (SELECT * FROM {src}) l ON l.sample_id = f.item_sample_id").fetchall()
+    finally:
+        con.close()
+    found = [dict(zip(("sample_id", "task_id", "level", "annotator_id", "reviewer_id", "ruleset_version", "split"), r))
+             for r in rows]
+    keys = sorted({(r["task_id"], r["level"]) for r in found}, key=lambda k: (k[0], k[1] or 0))
+    return {"items": found, "tasks": [trace_task(lineage, t, level=lv, limit=limit) for t, lv in keys]}
