@@ -172,18 +172,22 @@ def test_generated_finance_samples_gold_passes_and_defects_are_caught(engine):
     from mixtune.data.ontology import load_ontology
 
     onto = load_ontology(FINANCE / "ontology.yaml")
+    # Section rules shipped for tasks whose ontology rule ids do not (yet) cover their sections.
+    extra = {"attribution_spread": ["attribution_sections"], "recommend_actions": ["recommend_sections"],
+             "promise_refusal": ["refusal_sections"]}
     samples = generate_samples(onto, n_per_task=12, seed=3, defect_rate=0.25)
     caught = total = 0
     for s in samples:
         msgs, steps = s.messages, s.chain_steps or [s.task_id]
-        items = [(s.id, msgs[2 * k].content, msgs[2 * k + 1].content, onto.tasks[t].rule_ids)
+        items = [(s.id, msgs[2 * k].content, msgs[2 * k + 1].content, onto.tasks[t].rule_ids + extra.get(t, []))
                  for k, t in enumerate(steps)]
         failures = [f for row in engine.check_batch(items) for f in row]
         if not s.defect:
             assert failures == [], (s.task_id, failures)
-        elif s.defect != "broken_format":  # format specs beyond the tasks' rule ids are the validator's
+        else:
             total += 1
             caught += bool(failures)
+    # ≥95%: the generator's wrong_arithmetic can alter a shown operand instead of a negative result
     assert total > 20 and caught / total >= 0.95
 
 
