@@ -169,3 +169,30 @@ def test_build_rejects_unknown_rule_ids(tmp_path):
     with pytest.raises(ConfigError, match="terminologyy"):
         build_dataset(bad, RULES, tmp_path / "o", n_per_task=2, defect_rate=0, val_fraction=0.1,
                       test_fraction=0.1, perturb_fraction=0, seed=0, progress=False)
+
+
+def test_cli_build_then_validate(tmp_path, capsys):
+    from mixtune.cli import main
+    from mixtune.data.io import write_samples
+
+    out = tmp_path / "ds"
+    with pytest.raises(SystemExit) as e:
+        main(["data", "build", "--ontology", str(ONTO), "--rules", str(RULES), "--out", str(out),
+              "--n-per-task", "6", "--defect-rate", "0.0", "--seed", "1"])
+    assert e.value.code in (0, None)
+    version = (out / "dataset_version.txt").read_text().strip()
+    assert version in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["data", "validate", str(out / "samples.parquet"), "--rules", str(RULES), "--ontology", str(ONTO)])
+    assert e.value.code in (0, None) and " 0 fail" in capsys.readouterr().out
+    onto = load_ontology(ONTO)
+    bad = generate_samples(onto, n_per_task=4, seed=0, defect_rate=0.5, task_ids=["calc_lcr", "pii_masking"])
+    n_bad = sum(bool(s.defect) for s in bad)
+    write_samples(bad, tmp_path / "bad.parquet")
+    report = tmp_path / "failures.jsonl"
+    with pytest.raises(SystemExit) as e:
+        main(["data", "validate", str(tmp_path / "bad.parquet"), "--rules", str(RULES), "--ontology", str(ONTO),
+              "--report", str(report)])
+    assert e.value.code == 1 and f"{n_bad} fail" in capsys.readouterr().out
+    rows = [json.loads(x) for x in report.read_text().splitlines()]
+    assert {r["sample_id"] for r in rows} == {s.id for s in bad if s.defect}

@@ -88,7 +88,7 @@ def validate(
 
     from mixtune.data.io import iter_samples, write_jsonl
     from mixtune.data.ontology import load_ontology
-    from mixtune.data.validate import blocking, failure_rows, validate_stream
+    from mixtune.data.validate import blocking, failure_rows, validate_file, validate_stream
     from mixtune.rules import RuleEngine, RuleSet
 
     engine = RuleEngine(RuleSet.load(rules))
@@ -97,7 +97,12 @@ def validate(
     by_rule: Counter = Counter()
     rows: list[dict] = []
     t0 = time.perf_counter()
-    for _s, fails in validate_stream(iter_samples(path, batch_size), engine, rules_for, batch_size):
+    if path.suffix == ".jsonl":
+        stream = ((s.id, s.task_id, f) for s, f in validate_stream(iter_samples(path, batch_size), engine,
+                                                                   rules_for, batch_size))
+    else:  # column-wise fast path for parquet
+        stream = validate_file(path, engine, rules_for, batch_size)
+    for _sid, _task, fails in stream:
         n += 1
         block = blocking(fails)
         bad += bool(block)

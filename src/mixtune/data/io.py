@@ -81,9 +81,14 @@ def iter_samples(path: str | Path, batch_size: int = 4096) -> Iterator[Sample]:
                 if line.strip():
                     yield _validate(json.loads(line), f"{path}:{i}")
         return
-    table = read_table(path)
+    if not path.is_file():
+        raise DataError("file not found", where=str(path))
+    try:  # iterate row batches: memory stays bounded by batch_size, not by the file
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"not a readable parquet file: {e}", where=str(path)) from None
     row = 0
-    for batch in table.to_batches(max_chunksize=batch_size):
+    for batch in pf.iter_batches(batch_size=batch_size):
         for rec in batch.to_pylist():
             row += 1
             yield _validate(rec, f"{path}:row {row}")

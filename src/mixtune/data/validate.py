@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixtune.data.schema import Sample
+from mixtune.data.schema import Message, Sample
 
 if TYPE_CHECKING:
     from mixtune.rules import Failure, RuleEngine
@@ -70,6 +71,45 @@ def _check(batch: list[Sample], engine: RuleEngine, rules_for: Mapping[str, list
     for k, fails in zip(owners, engine.check_batch(items)):
         results[k].extend(fails)
     yield from zip(batch, results)
+
+
+def validate_file(path: str | Path, engine: RuleEngine, rules_for: Mapping[str, list[str]],
+                  batch_size: int = 8192) -> Iterator[tuple[str, str, list[Failure]]]:
+    """Validate a samples parquet column-wise; yields ``(sample_id, task_id, failures)`` per sample.
+
+    Faster than :func:`validate_stream` over :class:`Sample` objects (no per-row model building:
+    only the columns the checks need are decoded, conversations only for chain rows) and bounded
+    in memory by ``batch_size`` — this is the path the throughput benchmark measures.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mixtune.errors import DataError
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"cannot read samples parquet: {e}", where=str(path)) from None
+    cols = ["id", "task_id", "input", "output", "chain_steps", "messages"]
+    for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+        ids, tasks = batch.column("id").to_pylist(), batch.column("task_id").to_pylist()
+        inputs, outputs = batch.column("input").to_pylist(), batch.column("output").to_pylist()
+        steps, msgs = batch.column("chain_steps").to_pylist(), batch.column("messages")
+        items: list[Item] = []
+        owners: list[int] = []
+        for k, sid in enumerate(ids):
+            if steps[k]:  # multi-turn chain: decode its turns only here
+                conv = [Message(**m) for m in msgs[k].as_py()]
+                s = Sample(id=sid, task_id=tasks[k], messages=conv, chain_steps=steps[k])
+                its = sample_items(s, rules_for)
+            else:
+                its = [(sid, inputs[k], outputs[k], rules_for.get(tasks[k]))]
+            items.extend(its)
+            owners.extend([k] * len(its))
+        results: list[list[Failure]] = [[] for _ in ids]
+        for k, fails in zip(owners, engine.check_batch(items)):
+            results[k].extend(fails)
+        yield from zip(ids, tasks, results)
 
 
 def failure_rows(failures: Iterable[Failure]) -> list[dict]:
