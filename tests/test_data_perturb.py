@@ -87,7 +87,7 @@ def test_difficulty_dimensions_levels_and_weights(onto, samples):
         s = scorer.apply(by_task[tid].model_copy(), t.difficulty.model_dump(), len(t.rule_ids))
         dims = json.loads(s.difficulty_dims)
         assert set(dims) == set(DIMS) and all(0 <= v <= 1 for v in dims.values())
-        assert 1 <= s.level <= 5 and s.level == min(5, 1 + int(s.difficulty_score * 5))
+        assert 1 <= s.level <= 5 and s.level == 1 + sum(s.difficulty_score >= x for x in scorer.thresholds)
         scored[tid] = s
     assert scored["concept_term"].difficulty_score < scored["calc_lcr"].difficulty_score
     assert scored["calc_lcr"].level < scored["chain_lcr_solvency"].level
@@ -101,5 +101,8 @@ def test_difficulty_dimensions_levels_and_weights(onto, samples):
     other = DifficultyScorer()
     other.load_state_dict(steps_only.state_dict())
     assert other.score(dims) == steps_only.score(dims)
+    assert DifficultyScorer(thresholds=(0.9, 0.92, 0.94, 0.96)).score(dims)[1] == 1
+    with pytest.raises(ValueError, match="increasing"):
+        DifficultyScorer(thresholds=(0.5, 0.4, 0.6, 0.7))
     with pytest.raises(ValueError, match="unknown difficulty dimension"):
         DifficultyScorer(weights={"depth": 1.0})
