@@ -1,0 +1,145 @@
+"""Training throughput: mixtune stage 1 vs TRL ``SFTTrainer``, and the cost of each mechanism.
+
+Both sides train the same tiny model (fp32 weights, bf16 autocast), on the same clean stage-1
+conversations, with the same max length, batch size, learning rate, packing setting and number of
+steps; mixtune's mechanisms are all off for the head-to-head. Tokens/s counts non-padding tokens
+only and uses the wall time of the training steps alone (forward, backward, clip, optimizer
+step), the first ``WARM`` steps dropped on both sides: mixtune's per-step ``step_time_s`` and
+``tokens`` from metrics.jsonl; TRL's time from ``on_step_begin`` to ``on_step_end`` of a callback
+and its tokens from the attention mask (or the packed length) of the inputs of that step.
+Repetitions are interleaved (A, B, A, B ...) so drift in machine load hits every variant alike.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from mixtune.bench import fixtures as F
+from mixtune.bench.harness import Context, row, summarize
+
+WARM = 2
+ALL_OFF = {"stage1.consistency.enabled": False, "stage1.adversarial.enabled": False, "stage1.clip.policy": "none",
+           "stage1.neftune_alpha": 0.0, "stage1.packing": False}
+MECHANISMS = {
+    "consistency (SupCon)": {"stage1.consistency.enabled": True},
+    "adversarial (twin KL)": {"stage1.adversarial.enabled": True},
+    "decay clip": {"stage1.clip.policy": "decay"},
+    "zclip": {"stage1.clip.policy": "zclip"},
+    "neftune (alpha 5)": {"stage1.neftune_alpha": 5.0},
+    "packing": {"stage1.packing": True},
+}
+
+
+def sizes(ctx: Context) -> dict:
+    return {"steps": 12 if ctx.full else 4, "n_per_task": 40 if ctx.full else 12,
+            "batch_size": 16 if ctx.full else 8, "max_len": 256}
+
+
+def setup(ctx: Context) -> tuple:
+    """Dataset, tiny model and the all-off stage-1 config shared by the throughput runs."""
+    sz = sizes(ctx)
+    cfg = F.demo_config()
+    samples, source = F.load_dataset(ctx.work, n_per_task=sz["n_per_task"], seed=ctx.seeds[0], cfg=cfg)
+    model = F.tiny_model(ctx.work, samples, F.model_shape(cfg, ctx.tier), seed=ctx.seeds[0])
+    base = F.with_updates(cfg, {**ALL_OFF, "seed": ctx.seeds[0], "stage1.batch_size": sz["batch_size"],
+                                "stage1.max_len": sz["max_len"], "stage1.eval_every": 10_000,
+                                "stage1.checkpoint_every": 10_000, "stage1.warmup_steps": 0})
+    stage1 = [s for s in samples if s.stage == 1]
+    return sz, base, stage1, model, source
+
+
+def mixtune_run(cfg, samples: list, model: str, work: Path, steps: int) -> dict:
+    """Train ``steps`` stage-1 steps; tokens/s over the steps after the warm-up ones."""
+    from mixtune.train.stage1 import train_stage1
+
+    out = work / f"tp_{time.monotonic_ns()}"
+    train_stage1(cfg, samples, model, out, max_steps=steps, progress=False)
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()][WARM:]
+    shutil.rmtree(out, ignore_errors=True)
+    tokens, secs = sum(r["tokens"] for r in recs), sum(r["step_time_s"] for r in recs)
+    seq = tokens / max(1, len(recs)) / cfg.stage1.batch_size
+    return {"tokens_per_s": tokens / secs, "tokens": tokens, "seconds": secs, "mean_seq_len": seq}
+
+
+def trl_run(cfg, samples: list, model_path: str, work: Path, steps: int) -> dict:
+    """The same training with ``trl.SFTTrainer`` (prompt-completion data → completion-only loss)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    st = cfg.stage1
+    clean = [s for s in samples if s.split == "train" and not s.parent_id]
+    rows = [{"prompt": [m.model_dump() for m in s.messages if m.role != "assistant"],
+             "completion": [m.model_dump() for m in s.messages if m.role == "assistant"]} for s in clean]
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    timing = {"t0": 0.0, "times": [], "tokens": [], "cur": 0}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            timing["cur"] = 0
+            timing["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            timing["times"].append(time.perf_counter() - timing["t0"])
+            timing["tokens"].append(timing["cur"])
+
+    class CountingTrainer(SFTTrainer):
+        def training_step(self, model, inputs, *a, **kw):
+            am = inputs.get("attention_mask")
+            timing["cur"] += int(am.sum()) if am is not None and am.dim() == 2 else int(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, *a, **kw)
+
+    args = SFTConfig(output_dir=str(work / "trl_out"), max_steps=steps, per_device_train_batch_size=st.batch_size,
+                     gradient_accumulation_steps=1, learning_rate=st.lr, warmup_steps=0, lr_scheduler_type="cosine",
+                     weight_decay=st.weight_decay, adam_beta2=0.95, max_grad_norm=1e9, bf16=st.precision == "bf16",
+                     use_cpu=True, max_length=st.max_len, packing=st.packing, completion_only_loss=True,
+                     gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10_000,
+                     disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed, data_seed=cfg.seed)
+    trainer = CountingTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                              callbacks=[Clock()])
+    trainer.train()
+    shutil.rmtree(work / "trl_out", ignore_errors=True)
+    times, toks = timing["times"][WARM:], timing["tokens"][WARM:]
+    return {"tokens_per_s": sum(toks) / sum(times), "tokens": sum(toks), "seconds": sum(times)}
+
+
+def run(ctx: Context) -> dict:
+    sz, base, stage1, model, source = setup(ctx)
+    variants = {"all_off": base, **{k: F.with_updates(base, v) for k, v in MECHANISMS.items()}}
+    tps: dict[str, list[float]] = {k: [] for k in ["trl", *variants]}
+    seq: list[float] = []
+    for rep in range(ctx.repetitions):
+        ctx.log(f"  throughput repetition {rep + 1}/{ctx.repetitions}")
+        tps["trl"].append(trl_run(base, stage1, model, ctx.work, sz["steps"])["tokens_per_s"])
+        for name, cfg in variants.items():
+            r = mixtune_run(cfg, stage1, model, ctx.work, sz["steps"])
+            tps[name].append(r["tokens_per_s"])
+            if name == "all_off":
+                seq.append(r["mean_seq_len"])
+    # Ratio per repetition (paired in time), then its median: robust to load drift between pairs.
+    ratio = summarize([a / b for a, b in zip(tps["all_off"], tps["trl"])])
+    mt, trl = summarize(tps["all_off"]), summarize(tps["trl"])
+    rows = [row("stage-1 training, mechanisms off, vs TRL SFTTrainer", mt, unit="tok/s", baseline=trl,
+                baseline_name="TRL", ratio=ratio["median"], target="≥ 0.8×",
+                note="non-padding tokens / training-step wall time")]
+    costs = {}
+    for name in MECHANISMS:
+        r = summarize([a / b for a, b in zip(tps[name], tps["all_off"])])
+        costs[name] = {"tokens_per_s": summarize(tps[name]), "ratio_vs_all_off": r["median"]}
+        rows.append(row(f"cost of {name}", summarize(tps[name]), unit="tok/s", baseline=mt, baseline_name="all off",
+                        ratio=r["median"], note="ratio < 1 = slower than all-off"))
+    return {"mixtune_tokens_per_s": mt["median"], "trl_tokens_per_s": trl["median"], "ratio": ratio["median"],
+            "ratio_spread": ratio, "mechanisms": costs, "table": rows, "repetitions": ctx.repetitions,
+            "mean_seq_len": summarize(seq)["median"],
+            "setup": (f"tiny Llama {F.model_shape(F.demo_config(), ctx.tier)}; {len([s for s in stage1 if s.split == 'train' and not s.parent_id])} "
+                      f"clean stage-1 train conversations ({source}); batch {sz['batch_size']}, max_len {sz['max_len']}, "
+                      f"{sz['steps']} steps ({WARM} warm-up steps dropped), bf16 autocast, packing off (packing row: "
+                      "mixtune's block-diagonal packing only). TRL: prompt-completion conversational data with "
+                      "completion-only loss (equals mixtune's assistant-only loss on these single-turn samples), "
+                      "gradient checkpointing off, no clipping (max_grad_norm 1e9) like mixtune's all-off. TRL's "
+                      "step time excludes its collation (done before on_step_begin); mixtune's includes padding.")}
