@@ -159,9 +159,20 @@ class GateSpec(Strict):
     greater_is_better: bool = True
 
 
+class CanaryConfig(Strict):
+    """Offline canary: held-out prompts replayed as shadow traffic against champion and candidate."""
+
+    enabled: bool = True
+    traffic_per_task: int = Field(4, ge=1, description="held-out prompts per task replayed as traffic")
+    min_delta: float = Field(0.0, description="required composite improvement (negative = non-inferiority margin)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="sequential test error rate")
+    min_pairs: int = Field(10, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+
+
 class GatesConfig(Strict):
     validate_: list[GateSpec] = Field(default_factory=list, alias="validate")
-    canary: list[GateSpec] = Field(default_factory=list)
+    canary: CanaryConfig = CanaryConfig()
     bootstrap_samples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
 

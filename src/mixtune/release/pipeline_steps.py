@@ -47,6 +47,43 @@ def _gate(name: str, specs_cfg, cand, champ, cfg: PipelineConfig, model_id: int,
     return decision
 
 
+def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_path: str):
+    """Replay held-out prompts against champion and candidate, then the canary A/B decision."""
+    from mixtune.data.io import read_samples
+    from mixtune.eval.backends import HFBackend
+    from mixtune.release._store import ShadowStore
+    from mixtune.release.gates import append_decision
+    from mixtune.release.shadow import canary_report, replay_traffic
+    from mixtune.rules import RuleEngine, RuleSet, mask_pii
+
+    c = cfg.gates.canary
+    seen: dict[str, int] = {}
+    traffic = []
+    for s in read_samples(rd.path / "data" / "samples.parquet"):
+        if s.split != "test" or s.parent_id or seen.get(s.task_id, 0) >= c.traffic_per_task:
+            continue
+        seen[s.task_id] = seen.get(s.task_id, 0) + 1
+        first_user = next(m for m in s.messages if m.role == "user")
+        traffic.append({"request_id": f"heldout-{s.id}", "user": f"user-{len(traffic) % 17}", "task_id": s.task_id,
+                        "messages": [{"role": "user", "content": first_user.content}]})
+    db = rd.path / "shadow.db"
+    if db.exists():
+        db.unlink()  # the canary of an earlier attempt compared another candidate
+    store = ShadowStore(f"sqlite:///{db}")
+    dtype = "bf16" if cfg.stage2.precision == "bf16" else "fp32"
+    replay_traffic(traffic, HFBackend(champion_path, dtype=dtype, batch_size=cfg.eval.batch_size),
+                   HFBackend(str(rd.path / "stage2" / "model"), dtype=dtype, batch_size=cfg.eval.batch_size),
+                   store, mask=mask_pii, max_new_tokens=c.max_new_tokens, batch_size=cfg.eval.batch_size)
+    engine = RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
+    decision = canary_report(store, rule_score=lambda prompt, answer: engine.compliance(answer, input_text=prompt),
+                             min_delta=c.min_delta, alpha=c.alpha, n_boot=cfg.gates.bootstrap_samples,
+                             confidence=cfg.gates.confidence, seed=cfg.seed, min_pairs=c.min_pairs)
+    decision.meta["model_id"] = model_id
+    append_decision(rd.path / "gates.jsonl", decision)
+    console.print(f"gate canary: {decision.status}")
+    return decision
+
+
 def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
     """Evaluate gates and move the stage-2 model through the registry; returns a summary."""
     from mixtune.release.registry import Registry
@@ -63,8 +100,10 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
         champion = reg.get_alias(cfg.registry.model_name, "champion")
         if champion is not None and Path(champion.metrics.get("eval_records", "")).is_file():
             champ, champ_name = _records(Path(champion.metrics["eval_records"])), f"registry:{champion.id}"
+            champion_path = champion.path
         else:
             champ, champ_name = _records(rd.path / "eval" / "base.jsonl"), "base"
+            champion_path = str(rd.state["steps"].get("base_model", {}).get("path") or cfg.model.name_or_path)
         summary = json.loads((rd.path / "eval" / "summary.json").read_text())
         model = reg.register(cfg.registry.model_name, str(rd.path / "stage2" / "model"), metrics={
             "eval_records": str(rd.path / "eval" / "stage2.jsonl"), "summary": summary.get("stage2", {}),
@@ -77,15 +116,14 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
         if decision and decision.status == "pass":
             model = reg.transition(model.id, "validated", who="mixtune run", why="validate gate passed",
                                    evidence=decision.to_dict())
-            model = reg.transition(model.id, "canary", who="mixtune run",
-                                   why="canary: offline shadow comparison on held-out traffic")
-            # canary: the paired comparison on the held-out traffic replayed against both models
-            decision = _gate("canary", cfg.gates.canary, cand, champ, cfg, model.id, gates_path, champ_name) \
-                if cfg.gates.canary else None
-            out["gates"]["canary"] = decision.status if decision else "not configured"
-            if decision and decision.status == "pass":
-                model = reg.transition(model.id, "released", who="mixtune run", why="canary gate passed",
-                                       evidence=decision.to_dict())
+            if cfg.gates.canary.enabled:
+                model = reg.transition(model.id, "canary", who="mixtune run",
+                                       why="canary: held-out prompts replayed as shadow traffic")
+                decision = canary_decision(cfg, rd, model.id, champion_path)
+                out["gates"]["canary"] = decision.status
+                if decision.status == "pass":
+                    model = reg.transition(model.id, "released", who="mixtune run", why="canary gate passed",
+                                           evidence=decision.to_dict())
         if decision and decision.status == "fail":
             model = reg.transition(model.id, "rejected", who="mixtune run",
                                    why=f"{decision.gate} gate failed", evidence=decision.to_dict())
