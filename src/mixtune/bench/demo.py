@@ -17,7 +17,7 @@ from mixtune.bench.harness import Context, row
 
 QUICK = ["data.n_per_task=6", "stage1.steps=4", "stage2.steps=4", "stage1.eval_every=4", "stage2.eval_every=2",
          "stage1.checkpoint_every=4", "stage2.checkpoint_every=4", "eval.samples_per_task=1",
-         "eval.max_new_tokens=8", "eval.experience=false",
+         "eval.max_new_tokens=8", "eval.experience=false", "stage1.max_len=320", "stage2.max_len=320",
          "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_hidden_layers=1",
          "model.tiny.vocab_size=400"]
 

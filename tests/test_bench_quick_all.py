@@ -1,0 +1,51 @@
+"""The quick tier of EVERY suite through the CLI into a tmp dir (≈2 minutes on 2 cores: slow tier).
+
+Checks that each suite measured (status ok) and wrote the machine-readable keys the issue asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+REQUIRED = {
+    "throughput": ("mixtune_tokens_per_s", "trl_tokens_per_s", "ratio"),
+    "mixing": ("methods",),
+    "validation": ("samples_per_s", "peak_rss_mib", "n_samples"),
+    "trace": ("rows", "latency_s"),
+    "gateway": ("p50_overhead_ms", "p99_overhead_ms", "lost_records"),
+    "demo": ("wall_s",),
+    "efficiency": ("achieved_flops", "peak_flops", "share"),
+    "stage1_ablation": ("variants",),
+    "evaluation": ("samples_per_s",),
+}
+COMMON = ("command", "machine", "versions", "seeds", "date", "tier")
+
+
+@pytest.mark.slow
+def test_quick_tier_all_suites(tmp_path):
+    out = tmp_path / "benchmarks" / "results"
+    p = subprocess.run([sys.executable, "-m", "mixtune", "bench", "all", "--tier", "quick", "--out", str(out),
+                        "--md", str(tmp_path / "BENCHMARKS.md")], capture_output=True, text=True, timeout=900)
+    failed = {}
+    for suite, keys in REQUIRED.items():
+        data = json.loads((out / f"{suite}.json").read_text())
+        if data["status"] != "ok":
+            failed[suite] = data.get("error")
+            continue
+        for k in keys + COMMON:
+            assert k in data, (suite, k)
+    assert not failed, failed
+    assert p.returncode == 0
+    mixing = json.loads((out / "mixing.json").read_text())["methods"]
+    assert set(mixing) == {"uniform", "static", "dbl", "exp3", "mixtune", "mixtune_no_curriculum",
+                           "mixtune_no_modulation"}
+    for m in mixing.values():
+        assert {"mean_score", "worst_task_score", "steps_to_uniform_final_worst"} <= set(m)
+    assert (tmp_path / "benchmarks" / "mixing_ablation.png").stat().st_size > 1000
+    assert (tmp_path / "benchmarks" / "stage1_ablation.png").stat().st_size > 1000
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "mixing_ablation.png" in md and "## demo" in md
