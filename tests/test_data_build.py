@@ -196,3 +196,18 @@ def test_cli_build_then_validate(tmp_path, capsys):
     assert e.value.code == 1 and f"{n_bad} fail" in capsys.readouterr().out
     rows = [json.loads(x) for x in report.read_text().splitlines()]
     assert {r["sample_id"] for r in rows} == {s.id for s in bad if s.defect}
+
+
+def test_value_pool_limits_generated_figures_and_stays_deterministic():
+    """The demo's value pool makes figures recur (learnable by a tiny model) without other changes."""
+    from mixtune.data.generate import PooledRandom, task_rng
+
+    pooled = task_rng(0, "calc_lcr", value_pool=8)
+    assert isinstance(pooled, PooledRandom)
+    values = {pooled.randint(100, 999) for _ in range(500)}
+    assert len(values) == 8 and min(values) == 100 and max(values) == 999
+    assert {pooled.randint(1, 5) for _ in range(200)} == {1, 2, 3, 4, 5}  # small ranges untouched
+    a = [task_rng(3, "t", value_pool=8).randint(0, 10**6) for _ in range(3)]
+    b = [task_rng(3, "t", value_pool=8).randint(0, 10**6) for _ in range(3)]
+    assert a == b
+    assert not isinstance(task_rng(0, "calc_lcr"), PooledRandom)

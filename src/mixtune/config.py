@@ -57,6 +57,7 @@ class DataConfig(Strict):
     generate: bool = True
     n_per_task: int = Field(300, ge=1)
     defect_rate: float = Field(0.05, ge=0.0, le=0.5)
+    value_pool: int = Field(0, ge=0, description="generated figures drawn from this many values per range (0 = any)")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     perturb_fraction: float = Field(0.3, ge=0.0, le=1.0)

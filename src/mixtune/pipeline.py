@@ -33,7 +33,7 @@ def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
         val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
         perturb_fraction=cfg.data.perturb_fraction, seed=cfg.seed,
         sources=[str(cfg.resolve(s)) for s in cfg.data.sources], require_review=cfg.data.require_review,
-        reviewer=cfg.data.auto_approve_reviewer, progress=True)
+        reviewer=cfg.data.auto_approve_reviewer, progress=True, value_pool=cfg.data.value_pool)
     rd.mark("data", fp, version=res.version, counts=res.counts)
     console.print(f"data: version {res.version}: {res.counts}")
     return rd.state["steps"]["data"]

@@ -80,7 +80,7 @@ def dataset_version(samples: list[Sample], onto_version: str, rules_version: str
 def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: str | Path, *, n_per_task: int,
                   defect_rate: float, val_fraction: float, test_fraction: float, perturb_fraction: float,
                   seed: int, sources: list[str] | tuple[str, ...] = (), require_review: bool = False,
-                  reviewer: str | None = "generator", progress: bool = True) -> BuildResult:
+                  reviewer: str | None = "generator", progress: bool = True, value_pool: int = 0) -> BuildResult:
     """Build a versioned dataset directory; see the module docstring for the files written."""
     from mixtune.rules import RuleEngine, RuleSet
 
@@ -92,7 +92,8 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     engine = RuleEngine(rs)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-    samples = generate_samples(onto, n_per_task=n_per_task, seed=seed, defect_rate=defect_rate)
+    samples = generate_samples(onto, n_per_task=n_per_task, seed=seed, defect_rate=defect_rate,
+                               value_pool=value_pool)
     _log(progress, f"generated {len(samples)} samples for {sum(supports(t) for t in onto.tasks)} tasks")
     quarantine: list[dict] = []
     n_ingested = 0

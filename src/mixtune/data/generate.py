@@ -27,10 +27,32 @@ DEFECT_KINDS = ("wrong_arithmetic", "off_whitelist_citation", "forbidden_term", 
 _STEP_ORDINALS = ["第一步", "第二步", "第三步", "第四步", "第五步"]
 
 
-def task_rng(seed: int, *key: str) -> random.Random:
-    """An RNG per (seed, key): adding a task never changes another task's samples."""
+class PooledRandom(random.Random):
+    """``randint`` draws one of ``pool`` evenly spaced values of [a, b].
+
+    With a small pool the same figures recur across samples, so a tiny demo model can memorise
+    the input → result mapping instead of having to learn long division; every other draw
+    (choices, phrasings, variants) is unchanged.
+    """
+
+    def __init__(self, seed: int, pool: int):
+        super().__init__(seed)
+        self.pool = pool
+
+    def randint(self, a: int, b: int) -> int:
+        if b - a + 1 <= self.pool:
+            return super().randint(a, b)
+        return a + round(self.randrange(self.pool) * (b - a) / (self.pool - 1))
+
+
+def task_rng(seed: int, *key: str, value_pool: int = 0) -> random.Random:
+    """An RNG per (seed, key): adding a task never changes another task's samples.
+
+    ``value_pool`` > 1 restricts integer draws to that many values per range (see PooledRandom).
+    """
     h = hashlib.sha256(json.dumps([seed, *key]).encode()).digest()
-    return random.Random(int.from_bytes(h[:8], "big"))
+    n = int.from_bytes(h[:8], "big")
+    return PooledRandom(n, value_pool) if value_pool > 1 else random.Random(n)
 
 
 def _variant(rng: random.Random, onto: Ontology, task: TaskSpec) -> dict[str, str]:
@@ -198,7 +220,7 @@ def applicable_defects(onto: Ontology, task: TaskSpec, probe: Sample) -> list[st
     return [k for k in DEFECT_KINDS if inject_defect(onto, probe, k, random.Random(0)) is not None]
 
 
-def generate_samples(onto: Ontology, *, n_per_task: int, seed: int, defect_rate: float = 0.0,
+def generate_samples(onto: Ontology, *, n_per_task: int, seed: int, defect_rate: float = 0.0, value_pool: int = 0,
                      task_ids: list[str] | None = None) -> list[Sample]:
     """Generate ``n_per_task`` unique samples for every generator-supported task and chain.
 
@@ -210,7 +232,7 @@ def generate_samples(onto: Ontology, *, n_per_task: int, seed: int, defect_rate:
         task = onto.tasks[tid]
         if not supports(tid):
             continue
-        rng = task_rng(seed, tid)
+        rng = task_rng(seed, tid, value_pool=value_pool)
         seen: set[str] = set()
         samples: list[Sample] = []
         for _ in range(n_per_task * 20):  # small closed vocabularies: retry on duplicate content
