@@ -9,6 +9,7 @@ so the benchmarks do not depend on a rules file or review state; the results rec
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from pathlib import Path
 
@@ -21,9 +22,14 @@ QUICK_SHAPE = {"vocab_size": 600, "hidden_size": 48, "intermediate_size": 128, "
                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 
 
-def demo_config(overrides: list[str] | None = None) -> PipelineConfig:
-    """The demo pipeline config with dotted overrides (paths resolved against the example folder)."""
-    return load_config(DEMO_CONFIG, overrides or [])
+@functools.lru_cache(maxsize=1)
+def _demo_config() -> PipelineConfig:
+    return load_config(DEMO_CONFIG, [])
+
+
+def demo_config() -> PipelineConfig:
+    """The demo pipeline config, loaded once per process so every suite of one run sees the same file."""
+    return _demo_config().model_copy(deep=True)
 
 
 def with_updates(cfg: PipelineConfig, updates: dict[str, object]) -> PipelineConfig:
@@ -51,7 +57,8 @@ def _fallback_dataset(cfg: PipelineConfig, n_per_task: int, seed: int) -> list:
 
     onto = load_ontology(cfg.resolve(cfg.data.ontology))
     scorer = DifficultyScorer()
-    samples = generate_samples(onto, n_per_task=n_per_task, seed=seed, defect_rate=0.0)
+    samples = generate_samples(onto, n_per_task=n_per_task, seed=seed, defect_rate=0.0,
+                               value_pool=cfg.data.value_pool)
     out = []
     for s in samples:
         task = onto.tasks[s.task_id]
@@ -72,13 +79,14 @@ def load_dataset(work: Path, *, n_per_task: int, seed: int, cfg: PipelineConfig 
     from mixtune.data.schema import samples_to_table, table_to_samples
 
     cfg = cfg or demo_config()
-    cache = work / f"data_n{n_per_task}_s{seed}.parquet"
+    cache = work / f"data_n{n_per_task}_s{seed}_v{cfg.data.value_pool}.parquet"
     if cache.is_file():
         import pyarrow.parquet as pq
 
         return table_to_samples(pq.read_table(cache)), cache.with_suffix(".src").read_text()
     work.mkdir(parents=True, exist_ok=True)
-    source = "generate_samples + DifficultyScorer + perturb_samples, hash split (defect_rate 0)"
+    source = (f"generate_samples(value_pool={cfg.data.value_pool}) + DifficultyScorer + perturb_samples, "
+              "hash split, defect_rate 0")
     samples = _fallback_dataset(cfg, n_per_task, seed)
     import pyarrow.parquet as pq
 
