@@ -22,7 +22,7 @@ QUICK = ["data.n_per_task=12", "stage1.steps=6", "stage1.eval_every=3", "stage1.
 
 
 def mixtune(*args, cwd=ROOT, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "mixtune", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

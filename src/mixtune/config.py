@@ -184,7 +184,9 @@ class EvalConfig(Strict):
     models: list[Literal["base", "stage1", "stage2"]] = Field(default_factory=lambda: ["base", "stage1", "stage2"])
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(32, ge=1)
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     samples_per_task: int = Field(20, ge=1)
+    experience_per_task: int = Field(2, ge=0)
     experience: bool = True
     ifeval_zh_prompts: int = Field(0, ge=0, description="IFEval-zh prompts to include in the base layer")
 
@@ -198,6 +200,7 @@ class RegistryConfig(Strict):
 class PipelineConfig(Strict):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default); 1 suits tiny models")
     output_dir: str = "runs"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -280,6 +283,14 @@ def load_yaml(path: str | Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         loc = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
         raise ConfigError(f"broken YAML: {getattr(e, 'problem', None) or e}", where=loc) from None
+
+
+def apply_runtime(cfg: PipelineConfig) -> None:
+    """Process-wide settings from the config (CPU threads)."""
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

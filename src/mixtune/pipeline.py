@@ -143,10 +143,10 @@ def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, 
     records = {}
     for name in cfg.eval.models:
         path = out / f"{name}.jsonl"
-        backend = HFBackend(models[name], dtype="bf16" if cfg.stage2.precision == "bf16" else "fp32",
-                            batch_size=cfg.eval.batch_size)
+        backend = HFBackend(models[name], dtype=cfg.eval.dtype, batch_size=cfg.eval.batch_size)
         records[name] = evaluate_model(backend, subset, onto, engine, model_name=name,
                                        max_new_tokens=cfg.eval.max_new_tokens, experience=cfg.eval.experience,
+                                       experience_per_task=cfg.eval.experience_per_task, seed=cfg.seed,
                                        out_path=path)
     write_matrix(records, out)
     rd.mark("eval", fp)
@@ -159,6 +159,9 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     if until is not None and until not in STEPS:
         raise MixtuneError(f"unknown step {until!r}; steps are {', '.join(STEPS)}", where="--until")
     t0 = time.time()
+    from mixtune.config import apply_runtime
+
+    apply_runtime(cfg)
     rd = RunDir(cfg, fresh=fresh)
     console.print(f"run directory: {rd.path}")
     step_data(cfg, rd)

@@ -27,7 +27,10 @@ def register(app: typer.Typer) -> None:
         from mixtune.pipeline import _engine, _ontology_maps, load_samples, rejection_rates, step_base_model
         from mixtune.rundir import RunDir
 
+        from mixtune.config import apply_runtime
+
         cfg = load_config(config, overrides or [])
+        apply_runtime(cfg)
         rd = RunDir(cfg)
         if not (rd.path / "data" / "samples.parquet").is_file():
             raise MixtuneError("no dataset in this run yet; run `mixtune run CONFIG --until data` first",

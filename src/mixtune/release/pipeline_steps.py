@@ -70,7 +70,7 @@ def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_pat
     if db.exists():
         db.unlink()  # the canary of an earlier attempt compared another candidate
     store = ShadowStore(f"sqlite:///{db}")
-    dtype = "bf16" if cfg.stage2.precision == "bf16" else "fp32"
+    dtype = cfg.eval.dtype
     replay_traffic(traffic, HFBackend(champion_path, dtype=dtype, batch_size=cfg.eval.batch_size),
                    HFBackend(str(rd.path / "stage2" / "model"), dtype=dtype, batch_size=cfg.eval.batch_size),
                    store, mask=mask_pii, max_new_tokens=c.max_new_tokens, batch_size=cfg.eval.batch_size)
