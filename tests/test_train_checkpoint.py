@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from mixtune.errors import CheckpointError
-from mixtune.train.checkpoint import (latest_good_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
-                                      verify_checkpoint)
+from mixtune.train.checkpoint import (
+    latest_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 
 
 def _parts():

@@ -14,7 +14,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.synth import make_samples  # noqa: E402
-
 from mixtune.config import PipelineConfig, apply_overrides  # noqa: E402
 from mixtune.train import stage1  # noqa: E402
 

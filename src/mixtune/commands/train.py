@@ -22,12 +22,10 @@ def register(app: typer.Typer) -> None:
 
         Re-running resumes from the newest intact checkpoint under <out>/checkpoints.
         """
-        from mixtune.config import load_config
+        from mixtune.config import apply_runtime, load_config
         from mixtune.errors import MixtuneError
         from mixtune.pipeline import _engine, _ontology_maps, load_samples, rejection_rates, step_base_model
         from mixtune.rundir import RunDir
-
-        from mixtune.config import apply_runtime
 
         cfg = load_config(config, overrides or [])
         apply_runtime(cfg)
