@@ -160,7 +160,7 @@ class GateSpec(Strict):
     greater_is_better: bool = True
 
 
-class CanaryConfig(Strict):
+class ShadowConfig(Strict):
     """Offline canary: held-out prompts replayed as shadow traffic against champion and candidate."""
 
     enabled: bool = True
@@ -173,7 +173,8 @@ class CanaryConfig(Strict):
 
 class GatesConfig(Strict):
     validate_: list[GateSpec] = Field(default_factory=list, alias="validate")
-    canary: CanaryConfig = CanaryConfig()
+    canary: list[GateSpec] = Field(default_factory=list, description="checks on the evaluation records")
+    shadow: ShadowConfig = ShadowConfig()
     bootstrap_samples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
 

@@ -56,7 +56,7 @@ def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_pat
     from mixtune.release.shadow import canary_report, replay_traffic
     from mixtune.rules import RuleEngine, RuleSet, mask_pii
 
-    c = cfg.gates.canary
+    c = cfg.gates.shadow
     seen: dict[str, int] = {}
     traffic = []
     for s in read_samples(rd.path / "data" / "samples.parquet"):
@@ -116,10 +116,17 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
         if decision and decision.status == "pass":
             model = reg.transition(model.id, "validated", who="mixtune run", why="validate gate passed",
                                    evidence=decision.to_dict())
-            if cfg.gates.canary.enabled:
+            if cfg.gates.shadow.enabled or cfg.gates.canary:
                 model = reg.transition(model.id, "canary", who="mixtune run",
                                        why="canary: held-out prompts replayed as shadow traffic")
-                decision = canary_decision(cfg, rd, model.id, champion_path)
+                decisions = []
+                if cfg.gates.canary:
+                    decisions.append(_gate("canary", cfg.gates.canary, cand, champ, cfg, model.id, gates_path,
+                                           champ_name))
+                if cfg.gates.shadow.enabled:
+                    decisions.append(canary_decision(cfg, rd, model.id, champion_path))
+                # Release needs every canary check to pass: the least favourable decision rules.
+                decision = max(decisions, key=lambda d: ("pass", "inconclusive", "fail").index(d.status))
                 out["gates"]["canary"] = decision.status
                 if decision.status == "pass":
                     model = reg.transition(model.id, "released", who="mixtune run", why="canary gate passed",
