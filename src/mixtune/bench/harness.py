@@ -136,6 +136,7 @@ def run_suite(name: str, fn: Callable[[Context], dict], ctx: Context, command: s
     component does not hide the other rows; the harness reports it and carries on.
     """
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     ctx.log(f"bench: {name} ({ctx.tier}) ...")
     try:
         result = fn(ctx)
@@ -150,6 +151,8 @@ def run_suite(name: str, fn: Callable[[Context], dict], ctx: Context, command: s
         "versions": versions(), "seeds": ctx.seeds, "repetitions": result.get("repetitions", ctx.repetitions),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - t0, 1),
+        # Other work on the machine skews timings: the 1-minute load average before and after says how much.
+        "loadavg_1m": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
     })
     ctx.out.mkdir(parents=True, exist_ok=True)
     (ctx.out / f"{name}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str) + "\n")
@@ -174,6 +177,12 @@ def _table(res: dict) -> list[str]:
         lines.append(f"| {r['what']} | {_fmt_num(r.get('value'))}{unit} | {base} | {ratio_s} | "
                      f"{r.get('target') or ''} | {r.get('note') or ''} |")
     return lines
+
+
+def _load(pair) -> str:
+    if not pair:
+        return "not recorded"
+    return " / ".join("—" if x is None else f"{x:.1f}" for x in pair)
 
 
 def render_markdown(out: Path, md_path: Path, order: list[str]) -> Path:
@@ -204,7 +213,8 @@ def render_markdown(out: Path, md_path: Path, order: list[str]) -> Path:
         v = r.get("versions", {})
         lines += [f"## {n}", "",
                   f"- command: `{r.get('command')}` (tier {r.get('tier')}, suite wall time {r.get('wall_s')} s)",
-                  f"- date: {r.get('date')}; seeds: {r.get('seeds')}; repetitions: {r.get('repetitions')}",
+                  f"- date: {r.get('date')}; seeds: {r.get('seeds')}; repetitions: {r.get('repetitions')}; "
+                  f"1-min load average before/after: {_load(r.get('loadavg_1m'))}",
                   f"- machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM"
                   + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU used"),
                   "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), ""]
