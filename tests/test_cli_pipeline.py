@@ -93,11 +93,11 @@ def test_trained_model_loads_in_a_fresh_process_with_plain_transformers(run):
     (["run", "missing.yaml"], "file not found"),
     (["run", str(DEMO), "stage1.clip.strat=3"], "stage1.clip.strat: unknown key"),
     (["run", str(DEMO), "stage1.steps=abc"], "stage1.steps"),
-    (["run", str(DEMO), "model.name_or_path=/nonexistent/model", "name=badmodel", "data.n_per_task=3",
-      "output_dir=/tmp/mixtune-badmodel"], "/nonexistent/model"),
+    (["run", str(DEMO), "model.name_or_path=/nonexistent/model", "name=badmodel", "data.n_per_task=3"],
+     "/nonexistent/model"),
 ])
 def test_user_errors_are_one_clear_message(args, needle, tmp_path):
-    res = mixtune(*args)
+    res = mixtune(*args, f"output_dir={tmp_path}")
     assert res.returncode == 2, res.stdout[-1000:] + res.stderr[-1000:]
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
