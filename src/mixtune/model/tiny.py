@@ -29,7 +29,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits are split one by one (as Llama-3 and Qwen tokenizers do) so that a number and its
+    # masked or copied suffix share tokens: copying "…1673" out of "16311231673" stays learnable.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
