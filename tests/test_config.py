@@ -93,3 +93,17 @@ def test_fingerprint_tracks_sections():
     b.stage2.steps = 3
     assert a.fingerprint("stage1") == b.fingerprint("stage1")
     assert a.fingerprint("stage2") != b.fingerprint("stage2")
+
+
+def test_missing_tracker_package_is_a_clear_error():
+    import importlib.util
+
+    from mixtune.errors import MixtuneError
+    from mixtune.train.common import check_trackers
+
+    missing = [t for t in ("tensorboard", "mlflow", "wandb") if importlib.util.find_spec(t) is None]
+    if not missing:  # every tracker installed: nothing can be missing here
+        check_trackers(["tensorboard"], "stage1.trackers")
+        return
+    with pytest.raises(MixtuneError, match=f"stage1.trackers: tracker '{missing[0]}' needs"):
+        check_trackers([missing[0]], "stage1.trackers")

@@ -51,6 +51,19 @@ def load_model_and_tokenizer(path: str, *, finetune: str, lora_r: int = 16, lora
     return model, tokenizer
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_trackers(trackers: list[str], where: str) -> None:
+    """Fail early, with the package to install, when a requested tracker is not importable."""
+    import importlib.util
+
+    for t in trackers:
+        pkg = TRACKER_PACKAGES[t]
+        if importlib.util.find_spec(pkg) is None:
+            raise MixtuneError(f"tracker {t!r} needs the {pkg} package (pip install {pkg})", where=where)
+
+
 def make_optimizer(model, lr: float, weight_decay: float):
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))

@@ -22,6 +22,7 @@ from mixtune.train.collate import IGNORE, encode_conversation, pack_batch, pad_b
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
+    check_trackers,
     load_model_and_tokenizer,
     make_optimizer,
     make_scheduler,
@@ -81,6 +82,7 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     st = cfg.stage1
     total = max_steps or st.steps
     # ---------------------------------------------------------------- setup
+    check_trackers(st.trackers, "stage1.trackers")
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if st.precision == "fp32" else st.precision,
                       log_with=st.trackers or None, project_dir=str(out_dir))
     set_seed(cfg.seed)

@@ -27,6 +27,7 @@ from mixtune.train.collate import IGNORE, pad_batch, token_ids_for_spans
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
+    check_trackers,
     load_model_and_tokenizer,
     make_optimizer,
     make_scheduler,
@@ -84,6 +85,7 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     st = cfg.stage2
     total = max_steps or st.steps
     # ---------------------------------------------------------------- setup
+    check_trackers(st.trackers, "stage2.trackers")
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if st.precision == "fp32" else st.precision,
                       log_with=st.trackers or None, project_dir=str(out_dir))
     set_seed(cfg.seed)
