@@ -113,11 +113,16 @@ def run(ctx: Context) -> dict:
     variants = {"all_off": base, **{k: F.with_updates(base, v) for k, v in MECHANISMS.items()}}
     tps: dict[str, list[float]] = {k: [] for k in ["trl", *variants]}
     seq: list[float] = []
+    order = ["trl", *variants]
     for rep in range(ctx.repetitions):
         ctx.log(f"  throughput repetition {rep + 1}/{ctx.repetitions}")
-        tps["trl"].append(trl_run(base, stage1, model, ctx.work, sz["steps"])["tokens_per_s"])
-        for name, cfg in variants.items():
-            r = mixtune_run(cfg, stage1, model, ctx.work, sz["steps"])
+        # Reverse the order on odd repetitions so no variant always runs first or last, while TRL
+        # and all-off stay adjacent in time (their per-repetition ratio is the headline number).
+        for name in (order if rep % 2 == 0 else order[::-1]):
+            if name == "trl":
+                tps["trl"].append(trl_run(base, stage1, model, ctx.work, sz["steps"])["tokens_per_s"])
+                continue
+            r = mixtune_run(variants[name], stage1, model, ctx.work, sz["steps"])
             tps[name].append(r["tokens_per_s"])
             if name == "all_off":
                 seq.append(r["mean_seq_len"])
