@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 
 from mixtune.bench import ablations as A
-from mixtune.bench.harness import Context, row
+from mixtune.bench.harness import Context, row, summarize
 
 VARIANTS = {"full": {}, "no_consistency": {"stage1.consistency.enabled": False},
             "no_adversarial": {"stage1.adversarial.enabled": False}}
@@ -107,8 +107,11 @@ def run(ctx: Context) -> dict:
     for other, what in (("no_consistency", ("score", "phrasing_spread", "cosine_gap")),
                         ("no_adversarial", ("score", "perturbation_drop"))):
         for m in what:
-            table.append(row(f"{labels[m]}: full vs {other}", full[m], baseline=variants[other][m],
-                             baseline_name=other, note=f"mean of {len(ctx.seeds)} seeds"))
+            seeds_full = summarize([r[m] for r in per_seed["full"] if r[m] is not None])
+            seeds_other = summarize([r[m] for r in per_seed[other] if r[m] is not None])
+            table.append(row(f"{labels[m]}: full vs {other}", seeds_full, baseline=seeds_other,
+                             baseline_name=other, note=f"median [min–max] over {len(ctx.seeds)} seeds; "
+                                                        f"means {full[m]:.3f} vs {variants[other][m]:.3f}"))
     ctx.plots.mkdir(parents=True, exist_ok=True)
     png = plot(variants, ctx.plots / "stage1_ablation.png")
     return {"variants": variants, "table": table, "plots": [png], "repetitions": len(ctx.seeds),
