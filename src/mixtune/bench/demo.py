@@ -24,7 +24,7 @@ QUICK = ["data.n_per_task=6", "stage1.steps=4", "stage2.steps=4", "stage1.eval_e
 
 def run(ctx: Context) -> dict:
     name = "bench_demo" if ctx.full else "bench_demo_quick"
-    overrides = [f"name={name}", f"output_dir={ctx.work / 'runs'}"] + ([] if ctx.full else QUICK)
+    overrides = [f"name={name}", f"output_dir={(ctx.work / 'runs').resolve()}"] + ([] if ctx.full else QUICK)
     cmd = [sys.executable, "-m", "mixtune", "run", str(F.DEMO_CONFIG), *overrides, "--fresh"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -32,7 +32,7 @@ def run(ctx: Context) -> dict:
     if proc.returncode != 0:
         tail = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()][-1:]
         raise RuntimeError(f"mixtune run exited {proc.returncode}: {tail}")
-    shutil.rmtree(ctx.work / "runs" / name, ignore_errors=True)
+    shutil.rmtree((ctx.work / "runs" / name).resolve(), ignore_errors=True)
     shown = "mixtune run examples/finance_risk/pipeline.yaml " + " ".join(
         [f"name={name}"] + ([] if ctx.full else QUICK)) + " --fresh"
     return {"wall_s": wall, "demo_command": shown, "repetitions": 1,
