@@ -20,9 +20,10 @@ ABLATION_SHAPE = {"vocab_size": 1500, "hidden_size": 64, "intermediate_size": 17
 def sizes(full: bool) -> dict:
     """Steps and data sizes per tier (full tier sized for ≈10 minutes of ablations on 2 cores)."""
     if full:
-        return {"n_per_task": 60, "s1_steps": 150, "s2_steps": 120, "eval_every": 15, "batch": 8,
+        return {"n_per_task": 60, "s1_steps": 150, "s2_steps": 60, "eval_every": 10, "batch": 8, "val_per_task": 4,
                 "shape": ABLATION_SHAPE}
-    return {"n_per_task": 10, "s1_steps": 4, "s2_steps": 4, "eval_every": 2, "batch": 4, "shape": F.QUICK_SHAPE}
+    return {"n_per_task": 10, "s1_steps": 4, "s2_steps": 4, "eval_every": 2, "batch": 4, "val_per_task": 4,
+            "shape": F.QUICK_SHAPE}
 
 
 def base_config(seed: int, sz: dict):
@@ -30,10 +31,10 @@ def base_config(seed: int, sz: dict):
     cfg = F.demo_config()
     return F.with_updates(cfg, {
         # max_len 320: a perturbed twin's longer prompt must not truncate its (shared) answer
-        "seed": seed, "stage1.max_len": 320, "stage2.max_len": 320, "stage1.steps": sz["s1_steps"], "stage1.batch_size": sz["batch"],
+        "seed": seed, "stage1.max_len": 320, "stage2.max_len": 256, "stage1.steps": sz["s1_steps"], "stage1.batch_size": sz["batch"],
         "stage1.eval_every": 10_000, "stage1.checkpoint_every": 10_000, "stage1.warmup_steps": 5,
         "stage2.steps": sz["s2_steps"], "stage2.batch_size": sz["batch"], "stage2.eval_every": sz["eval_every"],
-        "stage2.checkpoint_every": 10_000, "stage2.eval_samples_per_task": 8, "stage2.warmup_steps": 5})
+        "stage2.checkpoint_every": 10_000, "stage2.eval_samples_per_task": sz["val_per_task"], "stage2.warmup_steps": 5})
 
 
 def seed_inputs(work: Path, seed: int, sz: dict) -> tuple[list, str, str]:
@@ -42,11 +43,21 @@ def seed_inputs(work: Path, seed: int, sz: dict) -> tuple[list, str, str]:
     return samples, F.tiny_model(work, samples, sz["shape"], seed=seed), source
 
 
-def stage1_model(work: Path, cfg, samples: list, base_model: str, tag: str) -> str:
-    """Train (or reuse) the stage-1 model of ``tag``; the mixing suite reuses the ``full`` one."""
+def stage1_model(work: Path, cfg, samples: list, base_model: str, tag: str, *, reuse_any: bool = False) -> str:
+    """Train (or reuse) the stage-1 model of ``tag``; the mixing suite reuses the ``full`` one.
+
+    ``reuse_any``: when no model of exactly this stage-1 config exists, take the newest one of the
+    same tag, seed and base model (e.g. trained by the stage-1 ablation before the demo YAML was
+    edited) instead of training again; the caller records which one it used.
+    """
     from mixtune.train.stage1 import train_stage1
 
-    out = work / f"s1_{tag}_seed{cfg.seed}_{Path(base_model).name}_{cfg.fingerprint('stage1', 'model')}"
+    prefix = f"s1_{tag}_seed{cfg.seed}_{Path(base_model).name}_"
+    out = work / f"{prefix}{cfg.fingerprint('stage1', 'model')}"
+    if not (out / "model" / "config.json").is_file() and reuse_any:
+        found = sorted((p for p in work.glob(prefix + "*") if (p / "model" / "config.json").is_file()),
+                       key=lambda p: p.stat().st_mtime)
+        out = found[0] if found else out
     if not (out / "model" / "config.json").is_file():
         train_stage1(cfg, [s for s in samples if s.stage == 1], base_model, out, progress=False)
     return str(out / "model")

@@ -15,6 +15,8 @@ cadence. Baselines run as the plain samplers they are elsewhere (curriculum and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mixtune.bench import ablations as A
 from mixtune.bench.harness import Context, row
 
@@ -84,10 +86,12 @@ def run(ctx: Context) -> dict:
     per: dict[str, list[dict]] = {m: [] for m in METHODS}
     curves: dict[str, list] = {m: [] for m in METHODS}
     source = ""
+    stage1_used: list[str] = []
     for seed in ctx.seeds:
         samples, base, source = A.seed_inputs(ctx.work, seed, sz)
         cfg = A.base_config(seed, sz)
-        s1 = A.stage1_model(ctx.work, cfg, samples, base, "full")
+        s1 = A.stage1_model(ctx.work, cfg, samples, base, "full", reuse_any=True)
+        stage1_used.append(Path(s1).parent.name)
         test = [s for s in samples if s.split == "test" and not s.parent_id]
         uniform_final = None
         for name, upd in METHODS.items():
@@ -122,8 +126,8 @@ def run(ctx: Context) -> dict:
     ctx.plots.mkdir(parents=True, exist_ok=True)
     png = plot(curves, methods, ctx.plots / "mixing_ablation.png")
     return {"methods": methods, "table": table, "plots": [png], "repetitions": len(ctx.seeds),
-            "strongest_baseline": best_base,
+            "strongest_baseline": best_base, "stage1_models": stage1_used,
             "setup": f"tiny Llama {sz['shape']}; shared stage-1 model per seed ({sz['s1_steps']} steps); stage 2 "
-                     f"{sz['s2_steps']} steps, batch {sz['batch']}, eval every {sz['eval_every']} steps on 8 val "
-                     f"samples/task; data n_per_task {sz['n_per_task']} ({source}); ratio = worst-task score / "
+                     f"{sz['s2_steps']} steps, batch {sz['batch']}, eval every {sz['eval_every']} steps on "
+                     f"{sz['val_per_task']} val samples/task; data n_per_task {sz['n_per_task']} ({source}); ratio = worst-task score / "
                      "uniform's"}
