@@ -27,6 +27,7 @@ from mixtune.data.schema import Sample
 from mixtune.errors import DataError
 from mixtune.eval.backends import Backend
 from mixtune.eval.progress import progress_bar
+from mixtune.jsonl import read_jsonl_objects
 
 KpiFn = Callable[[str, str, Sample, Any], float]
 GEN_CHUNK = 64  # conversations per backend call: bounds memory and gives the progress bar ticks
@@ -208,15 +209,7 @@ def write_jsonl(records: list[dict], path: Path) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Read records written by :func:`write_jsonl`; a broken line is a DataError naming it."""
-    out = []
-    with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid json: {e.msg}", where=f"{path}:{n}") from None
-    return out
+    return [obj for _, obj in read_jsonl_objects(path, "evaluation records")]
 
 
 def write_matrix(records_by_model: dict[str, list[dict]], out_dir: Path) -> dict:

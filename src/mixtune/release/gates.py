@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from mixtune.errors import ConfigError, DataError
+from mixtune.jsonl import read_jsonl_objects
 from mixtune.release.stats import paired_bootstrap
 
 Status = Literal["pass", "fail", "inconclusive"]
@@ -161,20 +162,11 @@ def load_eval_records(path: str | Path, model: str | None = None) -> list[dict[s
     is then an error rather than silently mixing two models' scores.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError("evaluation results file not found", str(p))
     records = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON: {e.msg}", f"{p}:{lineno}") from None
-            if not isinstance(rec, dict) or "sample_id" not in rec:
-                raise DataError("record must be an object with a 'sample_id'", f"{p}:{lineno}")
-            records.append(rec)
+    for lineno, rec in read_jsonl_objects(p, "evaluation results file"):
+        if "sample_id" not in rec:
+            raise DataError("record must be an object with a 'sample_id'", f"{p}:{lineno}")
+        records.append(rec)
     models = sorted({str(r["model"]) for r in records if "model" in r})
     if model is not None:
         if model not in models:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.errors import DataError
+from mixtune.jsonl import read_jsonl_objects
 from mixtune.release._store import ShadowStore
 from mixtune.release.gateway import canary_route, user_hash
 
@@ -36,26 +37,19 @@ RuleScore = Callable[[str, str], float]  # (prompt text, answer) -> score in [0,
 def load_traffic(path: str | Path) -> list[dict]:
     """Read a traffic JSONL file (``messages`` and optional ``user``, ``request_id``, ``task_id``)."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError("traffic file not found", str(p))
     out = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON: {e.msg}", f"{p}:{lineno}") from None
-            msgs = rec.get("messages") if isinstance(rec, dict) else None
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs):
-                raise DataError("'messages' must be a non-empty list of {role, content} objects", f"{p}:{lineno}")
-            rid = rec.get("request_id") or "replay-" + hashlib.sha256(
-                f"{lineno}\n{line.strip()}".encode()).hexdigest()[:24]
-            out.append({"request_id": str(rid), "messages": msgs, "user": rec.get("user"),
-                        "task_id": rec.get("task_id"), "line": lineno})
+    for lineno, rec in read_jsonl_objects(p, "traffic file"):
+        msgs = rec.get("messages")
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs):
+            raise DataError("'messages' must be a non-empty list of {role, content} objects", f"{p}:{lineno}")
+        # Without an id, line number + canonical content give a stable one, so a replay resumes.
+        canonical = json.dumps(rec, ensure_ascii=False, sort_keys=True)
+        rid = rec.get("request_id") or "replay-" + hashlib.sha256(
+            f"{lineno}\n{canonical}".encode()).hexdigest()[:24]
+        out.append({"request_id": str(rid), "messages": msgs, "user": rec.get("user"),
+                    "task_id": rec.get("task_id"), "line": lineno})
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from mixtune.errors import DataError
 from mixtune.eval.ifeval import text as T
 from mixtune.eval.ifeval.checkers import INSTRUCTIONS, validate_kwargs
+from mixtune.jsonl import read_jsonl_objects
 
 LANGUAGES = ("auto", "en", "zh")
 #: Seed for IFEval's random-letter fallback (see ``checkers._prepare_letter``). The published
@@ -210,22 +211,7 @@ def score_responses(
 # --------------------------------------------------------------------- files
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """``(line number, object)`` per non-blank line; bad JSON raises naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", where=str(path))
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg}", where=f"{path}:{lineno}") from None
-            if not isinstance(obj, dict):
-                raise DataError("each line must be a JSON object", where=f"{path}:{lineno}")
-            rows.append((lineno, obj))
-    return rows
+    return read_jsonl_objects(path)
 
 
 def _read_prompts(path: str | Path) -> list[tuple[int, dict]]:
