@@ -64,6 +64,30 @@ def check_trackers(trackers: list[str], where: str) -> None:
             raise MixtuneError(f"tracker {t!r} needs the {pkg} package (pip install {pkg})", where=where)
 
 
+def setup_accelerator(precision: str, trackers: list[str], out_dir: Path, seed: int, where: str):
+    """Accelerator (gloo on CPU-only machines) seeded for the stage; returns (accelerator, autocast)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    check_trackers(trackers, where)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision,
+                      log_with=trackers or None, project_dir=str(out_dir))
+    set_seed(seed)
+
+    def autocast():
+        return torch.autocast(acc.device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
+
+    return acc, autocast
+
+
+def load_from_model_config(model_cfg, path: str):
+    """``load_model_and_tokenizer`` with the ``model`` section's settings (stage entry points only)."""
+    return load_model_and_tokenizer(
+        path, finetune=model_cfg.finetune, lora_r=model_cfg.lora.r, lora_alpha=model_cfg.lora.alpha,
+        lora_dropout=model_cfg.lora.dropout, lora_targets=model_cfg.lora.target_modules,
+        trust_remote_code=model_cfg.trust_remote_code)
+
+
 def make_optimizer(model, lr: float, weight_decay: float):
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
@@ -93,7 +117,8 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def score_samples(model, encs: list[Encoded], pad_id: int, batch_size: int, autocast_dtype) -> tuple[list[float], list[float]]:
+def score_samples(model, encs: list[Encoded], pad_id: int, batch_size: int, autocast_dtype,
+                  device: str | torch.device = "cpu") -> tuple[list[float], list[float]]:
     """Teacher-forced answer-token accuracy and mean CE per sample: a cheap validation signal.
 
     Returns (scores, losses). A score of 1.0 means every answer token is the greedy prediction, i.e.
@@ -104,8 +129,10 @@ def score_samples(model, encs: list[Encoded], pad_id: int, batch_size: int, auto
     scores, losses = [], []
     for i in range(0, len(encs), batch_size):
         batch = pad_batch(encs[i : i + batch_size], pad_id)
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        dev = torch.device(device)
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
+            logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+        logits = logits.cpu()
         lg, lb = logits[:, :-1].float(), batch["labels"][:, 1:]
         mask = lb != IGNORE
         ce = torch.nn.functional.cross_entropy(lg.transpose(1, 2), lb.clamp_min(0), reduction="none")

@@ -22,12 +22,12 @@ from mixtune.train.collate import IGNORE, encode_conversation, pack_batch, pad_b
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
-    check_trackers,
-    load_model_and_tokenizer,
+    load_from_model_config,
     make_optimizer,
     make_scheduler,
     save_final,
     score_samples,
+    setup_accelerator,
     token_ce,
 )
 
@@ -60,9 +60,9 @@ def first_per_task(samples: list, n: int) -> list:
     return out
 
 
-def validate(model, tokenizer, val_samples, val_encs, batch_size, autocast_dtype) -> dict[str, float]:
+def validate(model, tokenizer, val_samples, val_encs, batch_size, autocast_dtype, device="cpu") -> dict[str, float]:
     """Per-task teacher-forced answer accuracy on the validation split."""
-    scores, _ = score_samples(model, val_encs, tokenizer.pad_token_id, batch_size, autocast_dtype)
+    scores, _ = score_samples(model, val_encs, tokenizer.pad_token_id, batch_size, autocast_dtype, device)
     per: dict[str, list[float]] = {}
     for s, v in zip(val_samples, scores):
         per.setdefault(s.task_id, []).append(v)
@@ -72,9 +72,6 @@ def validate(model, tokenizer, val_samples, val_encs, batch_size, autocast_dtype
 def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: Path, *,
                  max_steps: int | None = None, progress: bool = True) -> Path:
     """Run stage 1 from ``model_path`` on ``samples`` and save an HF model under ``out_dir``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     from mixtune.train.adversarial import response_kl, should_pay
     from mixtune.train.neftune import neftune
     from mixtune.train.supcon import compose_consistency_batch, cosine_gap, pool_instruction, supcon_loss
@@ -82,15 +79,9 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     st = cfg.stage1
     total = max_steps or st.steps
     # ---------------------------------------------------------------- setup
-    check_trackers(st.trackers, "stage1.trackers")
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if st.precision == "fp32" else st.precision,
-                      log_with=st.trackers or None, project_dir=str(out_dir))
-    set_seed(cfg.seed)
+    acc, autocast = setup_accelerator(st.precision, st.trackers, out_dir, cfg.seed, "stage1.trackers")
     autocast_dtype = DTYPES[st.precision]
-    model, tokenizer = load_model_and_tokenizer(
-        model_path, finetune=cfg.model.finetune, lora_r=cfg.model.lora.r, lora_alpha=cfg.model.lora.alpha,
-        lora_dropout=cfg.model.lora.dropout, lora_targets=cfg.model.lora.target_modules,
-        trust_remote_code=cfg.model.trust_remote_code)
+    model, tokenizer = load_from_model_config(cfg.model, model_path)
     clean = [s for s in samples if s.split == "train" and not s.parent_id]
     twins: dict[str, list] = {}
     for s in samples:
@@ -146,7 +137,7 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                 batch = pack_batch(items, st.max_len, pad_id) if st.packing else pad_batch(items, pad_id)
                 sync = m == len(micro) - 1
                 ctx = acc.no_sync(model) if not sync else torch.enable_grad()
-                with ctx, torch.autocast("cpu", dtype=autocast_dtype, enabled=st.precision != "fp32"), \
+                with ctx, autocast(), \
                         neftune(acc.unwrap_model(model), st.neftune_alpha):
                     fwd = {k: v.to(acc.device) for k, v in batch.items() if k not in ("labels", "instr_mask")}
                     out = model(**fwd, output_hidden_states=st.consistency.enabled)
@@ -206,7 +197,8 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                 "step_time_s": time.perf_counter() - t0,
             }
             if (step + 1) % st.eval_every == 0 or step + 1 == total:
-                record["val"] = validate(acc.unwrap_model(model), tokenizer, val, val_encs, 32, autocast_dtype)
+                record["val"] = validate(acc.unwrap_model(model), tokenizer, val, val_encs, 32, autocast_dtype,
+                                         acc.device)
             if metrics:
                 metrics.write(record)
             if st.trackers:

@@ -27,12 +27,12 @@ from mixtune.train.collate import IGNORE, pad_batch, token_ids_for_spans
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
-    check_trackers,
-    load_model_and_tokenizer,
+    load_from_model_config,
     make_optimizer,
     make_scheduler,
     save_final,
     score_samples,
+    setup_accelerator,
     token_ce,
 )
 from mixtune.train.orchestrate import carry_forward, related_pairs, side_by_side
@@ -56,9 +56,9 @@ def unlikelihood(logits: torch.Tensor, labels: torch.Tensor, neg: list[list[int]
     return total / max(1, count)
 
 
-def evaluation_cycle(model, tokenizer, val, val_encs, autocast_dtype) -> tuple[dict, dict, dict]:
+def evaluation_cycle(model, tokenizer, val, val_encs, autocast_dtype, device="cpu") -> tuple[dict, dict, dict]:
     """Per-task mean score, per-sample scores and mean loss on the validation subset."""
-    scores, losses = score_samples(model, val_encs, tokenizer.pad_token_id, 32, autocast_dtype)
+    scores, losses = score_samples(model, val_encs, tokenizer.pad_token_id, 32, autocast_dtype, device)
     per_sample: dict[str, list[float]] = {}
     per_loss: dict[str, list[float]] = {}
     for s, v, lo in zip(val, scores, losses):
@@ -73,9 +73,6 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                  chains: list[list[str]], rejection: dict[str, float], engine=None,
                  mixing_log: Path | None = None, max_steps: int | None = None, progress: bool = True) -> Path:
     """Run stage 2 from ``model_path`` (the stage-1 model) and save an HF model under ``out_dir``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     from mixtune.mixing.curriculum import Curriculum
     from mixtune.mixing.factory import make_policy
     from mixtune.mixing.log import MixingLog, make_record
@@ -85,15 +82,9 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     st = cfg.stage2
     total = max_steps or st.steps
     # ---------------------------------------------------------------- setup
-    check_trackers(st.trackers, "stage2.trackers")
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if st.precision == "fp32" else st.precision,
-                      log_with=st.trackers or None, project_dir=str(out_dir))
-    set_seed(cfg.seed)
+    acc, autocast = setup_accelerator(st.precision, st.trackers, out_dir, cfg.seed, "stage2.trackers")
     autocast_dtype = DTYPES[st.precision]
-    model, tokenizer = load_model_and_tokenizer(
-        model_path, finetune=cfg.model.finetune, lora_r=cfg.model.lora.r, lora_alpha=cfg.model.lora.alpha,
-        lora_dropout=cfg.model.lora.dropout, lora_targets=cfg.model.lora.target_modules,
-        trust_remote_code=cfg.model.trust_remote_code)
+    model, tokenizer = load_from_model_config(cfg.model, model_path)
     train = [s for s in samples if s.split == "train" and not s.parent_id]
     if st.context_orchestration:
         rng = random.Random(cfg.seed + 17)
@@ -166,7 +157,7 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                 items = [encs[i] for i in mb]
                 batch = pad_batch(items, pad_id)
                 ctx = acc.no_sync(model) if m < len(micro) - 1 else torch.enable_grad()
-                with ctx, torch.autocast("cpu", dtype=autocast_dtype, enabled=st.precision != "fp32"):
+                with ctx, autocast():
                     out = model(input_ids=batch["input_ids"].to(acc.device),
                                 attention_mask=batch["attention_mask"].to(acc.device))
                     ce_sum, _ = token_ce(out.logits, batch["labels"].to(acc.device))
@@ -205,7 +196,7 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
             if (step + 1) % st.eval_every == 0 or step + 1 == total:
                 cycle += 1
                 scores, per_sample, losses = evaluation_cycle(acc.unwrap_model(model), tokenizer, val, val_encs,
-                                                              autocast_dtype)
+                                                              autocast_dtype, acc.device)
                 decision = policy.update(cycle, step + 1, scores, per_sample, losses, rejection)
                 promotions = curriculum.update(cycle, scores)
                 record["val"] = scores
