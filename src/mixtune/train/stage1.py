@@ -91,6 +91,15 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     with Progress(disable=not (progress and acc.is_main_process)) as prog:
         encs = encode_samples(tokenizer, clean, st.max_len, prog, "stage 1: tokenising")
         val_encs = encode_samples(tokenizer, val, st.max_len)
+    # Twins are tokenised once; a twin whose (possibly truncated) response differs in length from
+    # its parent's cannot be aligned token by token for the KL term and is left out.
+    n_resp = {s.id: sum(1 for x in e.labels if x != IGNORE) for s, e in zip(clean, encs)}
+    twin_encs: dict[str, list] = {}
+    for parent, options in twins.items():
+        for t in options:
+            e = encode_conversation(tokenizer, [m.model_dump() for m in t.messages], st.max_len, t.instruction)
+            if parent in n_resp and sum(1 for x in e.labels if x != IGNORE) == n_resp[parent]:
+                twin_encs.setdefault(parent, []).append((t, e))
     task_ids = sorted({s.task_id for s in clean})
     task_index = {t: i for i, t in enumerate(task_ids)}
     meta = [(i, s.task_id, s.phrasing_id) for i, s in enumerate(clean)]
@@ -152,13 +161,13 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                         views_lab += [task_index[clean[i].task_id] for i in idx]
                     pay = (st.adversarial.enabled and not st.packing
                            and should_pay(step, st.adversarial.share, cfg.seed))
-                    pairs = [(j, twins[clean[i].id]) for j, i in enumerate(idx) if clean[i].id in twins] if pay else []
+                    pairs = [(j, twin_encs[clean[i].id]) for j, i in enumerate(idx) if clean[i].id in twin_encs] \
+                        if pay else []
                     if pairs:
                         rng = B.step_rng(cfg.seed, step, salt=7)
-                        tw = [rng.choice(options) for _, options in pairs]
-                        tw_encs = [encode_conversation(tokenizer, [x.model_dump() for x in t.messages], st.max_len,
-                                                       t.instruction) for t in tw]
-                        tb = pad_batch(tw_encs, pad_id)
+                        chosen = [rng.choice(options) for _, options in pairs]
+                        tw = [t for t, _ in chosen]
+                        tb = pad_batch([e for _, e in chosen], pad_id)
                         tout = model(input_ids=tb["input_ids"].to(acc.device),
                                      attention_mask=tb["attention_mask"].to(acc.device),
                                      output_hidden_states=st.consistency.enabled)
