@@ -103,6 +103,22 @@ def summary_plot(summary: dict) -> str:
     return _png(fig)
 
 
+def task_plot(matrix: dict) -> str:
+    """Per-task business primary score of every evaluated model (base vs stage 1 vs stage 2)."""
+    plt = _plt()
+    models = list(matrix)
+    tasks = sorted({t for m in models for t in matrix[m]})
+    fig, axes = plt.subplots(1, 2, figsize=(15, 3.8))
+    w = 0.8 / max(1, len(models))
+    for ax, layer in zip(axes, ("business", "experience")):
+        for i, m in enumerate(models):
+            ax.bar([j + i * w for j in range(len(tasks))],
+                   [matrix[m].get(t, {}).get(layer, {}).get("primary", 0.0) for t in tasks], w, label=m)
+        ax.set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))], tasks, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(0, 1), ax.set_title(f"{layer} layer: primary score per task"), ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
@@ -134,7 +150,8 @@ def write_report(run_dir: Path) -> Path:
                        for layer, metrics in layers.items() for metric in metrics})
         for t, layer, metric in keys:
             rows.append([t, layer, metric] + [matrix[m].get(t, {}).get(layer, {}).get(metric, "") for m in models])
-        parts.append("<h2>Evaluation matrix (task × layer × metric)</h2>" + _table(["task", "layer", "metric"] + models, rows))
+        parts.append("<h2>Evaluation matrix (task × layer × metric)</h2>" + task_plot(matrix)
+                     + _table(["task", "layer", "metric"] + models, rows))
     s1, s2 = _jsonl(run_dir / "stage1" / "metrics.jsonl"), _jsonl(run_dir / "stage2" / "metrics.jsonl")
     if s1 or s2:
         parts.append("<h2>Training</h2>" + loss_plot({"stage 1": s1, "stage 2": s2}))
