@@ -48,8 +48,8 @@ def load_samples(rd: RunDir) -> list:
 def step_base_model(cfg: PipelineConfig, rd: RunDir, samples: list) -> str:
     """The model stage 1 starts from: the built-in tiny model (built once) or the configured id/path."""
     if cfg.model.name_or_path != "builtin:tiny":
-        return cfg.model.name_or_path if not Path(cfg.model.name_or_path).exists() \
-            else str(cfg.resolve(cfg.model.name_or_path))
+        local = cfg.resolve(cfg.model.name_or_path)  # a folder relative to the YAML, else a hub id
+        return str(local) if local.exists() else cfg.model.name_or_path
     from mixtune.model.tiny import build_tiny_model
 
     out = rd.path / "base_model"
@@ -127,7 +127,7 @@ def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: st
 
 def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, str]) -> dict:
     from mixtune.eval.backends import HFBackend
-    from mixtune.eval.runner import evaluate_model, read_jsonl, write_matrix
+    from mixtune.eval.runner import evaluate_model, write_matrix
 
     fp = rd.fingerprint("eval", ("eval",), ("stage2",))
     out = rd.sub("eval")
@@ -150,7 +150,6 @@ def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, 
                                        out_path=path)
     write_matrix(records, out)
     rd.mark("eval", fp)
-    _ = read_jsonl  # records are re-read by the gate step from the jsonl files
     return json.loads((out / "summary.json").read_text())
 
 
@@ -169,6 +168,8 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     if until == "data":
         return rd.path
     base = step_base_model(cfg, rd, samples)
+    if until == "base_model":
+        return rd.path
     s1 = step_stage1(cfg, rd, samples, base)
     if until == "stage1":
         return rd.path
@@ -176,11 +177,14 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     if until == "stage2":
         return rd.path
     summary = step_eval(cfg, rd, samples, {"base": base, "stage1": s1, "stage2": s2})
+    if until == "eval":
+        return rd.path
     from mixtune.release.pipeline_steps import step_gates_and_registry
-
-    step_gates_and_registry(cfg, rd)
     from mixtune.report import write_report
 
+    step_gates_and_registry(cfg, rd)
+    if until == "gates":
+        return rd.path
     report = write_report(rd.path)
     console.print(f"summary (primary score per family): {json.dumps(summary, ensure_ascii=False)}")
     console.print(f"report: {report}  ({time.time() - t0:.0f} s)")

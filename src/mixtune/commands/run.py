@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="pipeline YAML, e.g. examples/finance_risk/pipeline.yaml"),
         overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. stage1.steps=50 name=try2"),
         fresh: bool = typer.Option(False, "--fresh", help="discard an existing run directory of this name"),
-        until: str = typer.Option(None, "--until", help="stop after this step (data, stage1, stage2)"),
+        until: str = typer.Option(None, "--until", help="stop after this step: data, base_model, stage1, stage2, eval, gates, report"),
     ) -> None:
         """Run data build → stage 1 → stage 2 → evaluation → gates → registry → report.
 
