@@ -32,13 +32,6 @@ from mixtune.train.common import (
 )
 
 
-def _label_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Positions whose next token is a response token (HF causal shift)."""
-    m = torch.zeros_like(labels, dtype=torch.bool)
-    m[:, :-1] = labels[:, 1:] != IGNORE
-    return m
-
-
 def encode_samples(tokenizer, samples, max_len: int, progress: Progress | None = None, label: str = "tokenising"):
     task = progress.add_task(label, total=len(samples)) if progress else None
     out = []
@@ -72,7 +65,7 @@ def validate(model, tokenizer, val_samples, val_encs, batch_size, autocast_dtype
 def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: Path, *,
                  max_steps: int | None = None, progress: bool = True) -> Path:
     """Run stage 1 from ``model_path`` on ``samples`` and save an HF model under ``out_dir``."""
-    from mixtune.train.adversarial import response_kl, should_pay
+    from mixtune.train.adversarial import response_kl, response_positions, should_pay
     from mixtune.train.neftune import neftune
     from mixtune.train.supcon import compose_consistency_batch, cosine_gap, pool_instruction, supcon_loss
 
@@ -173,8 +166,8 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                                      output_hidden_states=st.consistency.enabled)
                         rows = torch.tensor([j for j, _ in pairs])
                         kl = response_kl(tout.logits, out.logits[rows].detach(),
-                                         _label_positions(tb["labels"]).to(acc.device),
-                                         _label_positions(batch["labels"][rows]).to(acc.device))
+                                         response_positions(tb["labels"]).to(acc.device),
+                                         response_positions(batch["labels"][rows]).to(acc.device))
                         loss = loss + st.adversarial.weight * kl / len(micro)
                         sums["adv"] += kl.item() / len(micro)
                         if st.consistency.enabled:
