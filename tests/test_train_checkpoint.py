@@ -56,3 +56,17 @@ def test_keep_prunes_old_checkpoints(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, model, opt, sched, {}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004", "step-00000005"]
+
+
+def test_stage1_without_training_samples_is_a_clear_error(tmp_path):
+    from helpers.synth import corpus, make_samples
+
+    from mixtune.config import PipelineConfig
+    from mixtune.errors import DataError
+    from mixtune.model.tiny import make_test_model
+    from mixtune.train.stage1 import train_stage1
+
+    samples = [s for s in make_samples(n_per_task=6) if s.split == "val"]
+    base = make_test_model(tmp_path / "m", corpus(samples))
+    with pytest.raises(DataError, match="no stage-1 training samples"):
+        train_stage1(PipelineConfig(), samples, str(base), tmp_path / "out", progress=False)

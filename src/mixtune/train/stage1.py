@@ -15,6 +15,7 @@ import torch
 from rich.progress import Progress
 
 from mixtune.config import PipelineConfig
+from mixtune.errors import DataError
 from mixtune.train import batches as B
 from mixtune.train.checkpoint import latest_good_checkpoint, load_checkpoint, save_checkpoint
 from mixtune.train.clip import ClipSchedule
@@ -76,6 +77,9 @@ def train_stage1(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     autocast_dtype = DTYPES[st.precision]
     model, tokenizer = load_from_model_config(cfg.model, model_path)
     clean = [s for s in samples if s.split == "train" and not s.parent_id]
+    if not clean:
+        raise DataError("no stage-1 training samples (split=train, stage=1) in the dataset",
+                        where=str(out_dir))
     twins: dict[str, list] = {}
     for s in samples:
         if s.split == "train" and s.parent_id:

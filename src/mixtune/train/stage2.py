@@ -20,6 +20,7 @@ import torch
 from rich.progress import Progress
 
 from mixtune.config import PipelineConfig
+from mixtune.errors import DataError
 from mixtune.train import batches as B
 from mixtune.train.checkpoint import latest_good_checkpoint, load_checkpoint, save_checkpoint
 from mixtune.train.clip import ClipSchedule
@@ -86,6 +87,8 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
     autocast_dtype = DTYPES[st.precision]
     model, tokenizer = load_from_model_config(cfg.model, model_path)
     train = [s for s in samples if s.split == "train" and not s.parent_id]
+    if not train:
+        raise DataError("no training samples (split=train) in the dataset", where=str(out_dir))
     if st.context_orchestration:
         rng = random.Random(cfg.seed + 17)
         extra = carry_forward([s for s in train if len(s.chain_steps) > 1], rng)
