@@ -219,7 +219,7 @@ class PipelineConfig(Strict):
         return p if p.is_absolute() else (Path(self.base_dir) / p)
 
     def run_dir(self) -> Path:
-        return self.resolve(self.output_dir) / self.name
+        return self.resolve(self.output_dir).resolve() / self.name
 
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named sections (all when none): used to detect a changed config on resume."""
