@@ -7,6 +7,7 @@ client raises its typed exceptions (``AuthenticationError`` for 401, ``BadReques
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -41,6 +42,14 @@ def bearer_ok(authorization: str | None, api_key: str | None) -> bool:
     if not authorization or not authorization.lower().startswith("bearer "):
         return False
     return hmac.compare_digest(authorization[7:].strip().encode(), api_key.encode())
+
+
+async def json_body(request) -> tuple[Any, Any]:
+    """``(parsed body, None)``, or ``(None, 400 response)`` when the body is not JSON."""
+    try:
+        return json.loads(await request.body()), None
+    except ValueError:  # includes invalid UTF-8
+        return None, error_response(400, "request body is not valid JSON")
 
 
 def unauthorized():

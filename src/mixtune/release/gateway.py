@@ -35,7 +35,14 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves postponed annotations here
 
-from mixtune.release._openai import bearer_ok, content_text, error_response, unauthorized, validate_chat_body
+from mixtune.release._openai import (
+    bearer_ok,
+    content_text,
+    error_response,
+    json_body,
+    unauthorized,
+    validate_chat_body,
+)
 from mixtune.release._store import ShadowStore
 from mixtune.release._upstream import Upstream, UpstreamResult
 
@@ -305,10 +312,9 @@ def build_gateway_app(champion_url: str, candidate_url: str, *, api_key: str, db
     async def chat(request: Request):
         if not bearer_ok(request.headers.get("authorization"), api_key):
             return unauthorized()
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return error_response(400, "request body is not valid JSON")
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
         problem = validate_chat_body(body)
         if problem:
             return error_response(400, problem, param="messages")
@@ -321,10 +327,9 @@ def build_gateway_app(champion_url: str, candidate_url: str, *, api_key: str, db
     async def feedback(request: Request):
         if not bearer_ok(request.headers.get("authorization"), api_key):
             return unauthorized()
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return error_response(400, "request body is not valid JSON")
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
         if not isinstance(body, dict) or not isinstance(body.get("request_id"), str) or not body["request_id"]:
             return error_response(400, "'request_id' (the X-Request-Id of the answer) is required",
                                   param="request_id")

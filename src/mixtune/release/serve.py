@@ -26,6 +26,7 @@ from mixtune.release._openai import (
     bearer_ok,
     content_text,
     error_response,
+    json_body,
     unauthorized,
     validate_chat_body,
 )
@@ -178,10 +179,9 @@ def build_serve_app(backend: Any, *, model_name: str, api_key: str | None = None
     async def chat(request: Request):
         if not bearer_ok(request.headers.get("authorization"), api_key):
             return unauthorized()
-        try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, "request body is not valid JSON")
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
         problem = validate_chat_body(body)
         if problem:
             return error_response(400, problem, param="messages")
