@@ -14,9 +14,9 @@ import time
 import httpx
 import pytest
 
-from mixtune.release._server import ServerThread
-from mixtune.release._store import ShadowStore
 from mixtune.release.serve import build_serve_app
+from mixtune.release.server import ServerThread
+from mixtune.release.store import ShadowStore
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mixtune.release.gateway import measure_gateway_overhead
+from mixtune.bench.gateway_overhead import measure_gateway_overhead
 
 
 def test_overhead_benchmark_small_run():

@@ -9,9 +9,9 @@ import time
 import pytest
 from fastapi import Request
 
-from mixtune.release._server import ServerThread
-from mixtune.release._store import ShadowStore
 from mixtune.release.gateway import build_gateway_app, canary_route, user_hash
+from mixtune.release.server import ServerThread
+from mixtune.release.store import ShadowStore
 
 openai = pytest.importorskip("openai")
 

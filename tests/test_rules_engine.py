@@ -192,7 +192,7 @@ def test_generated_finance_samples_gold_passes_and_defects_are_caught(engine):
 
 
 def test_throughput_smoke(engine):
-    """Loose regression guard; the real number comes from `python -m mixtune.rules.bench`."""
+    """Loose regression guard; the real number comes from `python -m mixtune.bench.rules_throughput`."""
     items = [(str(i), LCR_INPUT, LCR_OK.replace("150.00", f"{150 + i % 7:.2f}"), CALC_IDS) for i in range(2000)]
     t0 = time.perf_counter()
     engine.check_batch(items)

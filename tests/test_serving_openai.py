@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from mixtune.release._server import ServerThread
 from mixtune.release.serve import build_serve_app, counters_from_tokenizer
+from mixtune.release.server import ServerThread
 
 openai = pytest.importorskip("openai")
 

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from mixtune.cli import app
-from mixtune.release._review import export_review, import_verdicts, stratified_sample
-from mixtune.release._store import ShadowStore
 from mixtune.release.gateway import default_masker
+from mixtune.release.review_pairs import export_review, import_verdicts, stratified_sample
 from mixtune.release.shadow import canary_report, judge_pairs, load_traffic, replay_traffic
+from mixtune.release.store import ShadowStore
 
 RULES = Path(__file__).resolve().parents[1] / "examples" / "finance_risk" / "rules.yaml"
 GOOD = "流动性覆盖率为150.00%，符合监管要求。"

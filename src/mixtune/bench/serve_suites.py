@@ -49,7 +49,7 @@ def run_evaluation(ctx: Context) -> dict:
 
 
 def run_gateway(ctx: Context) -> dict:
-    from mixtune.release.gateway import measure_gateway_overhead
+    from mixtune.bench.gateway_overhead import measure_gateway_overhead
 
     n, conc = (1000, 8) if ctx.full else (100, 4)
     p50, p99, lost, direct50, via_rps = [], [], [], [], []

@@ -24,8 +24,8 @@ def gateway_cmd(
     salt: str = typer.Option("mixtune", envvar="MIXTUNE_USER_SALT", help="salt of the stored user hash"),
 ) -> None:
     """Answer from the champion, mirror to the candidate, route a sticky canary share; log pairs to --db."""
-    from mixtune.release._server import serve_forever
     from mixtune.release.gateway import build_gateway_app
+    from mixtune.release.server import serve_forever
 
     app = build_gateway_app(champion, candidate, api_key=api_key, db_url=db, canary_share=canary_share,
                             champion_api_key=champion_key, candidate_api_key=candidate_key,

@@ -21,8 +21,8 @@ def serve_cmd(
 ) -> None:
     """Serve MODEL on /v1/models and /v1/chat/completions (non-streaming) until Ctrl-C."""
     from mixtune.eval.backends import HFBackend
-    from mixtune.release._server import serve_forever
     from mixtune.release.serve import build_serve_app, counters_from_tokenizer
+    from mixtune.release.server import serve_forever
 
     backend = HFBackend(model, device=device, dtype=dtype, batch_size=max_batch)
     count_text, count_prompt = counters_from_tokenizer(backend.tokenizer)

@@ -52,9 +52,9 @@ def replay(
     """Answer every logged request with champion and candidate and record both (resumable)."""
     from rich.progress import Progress
 
-    from mixtune.release._store import ShadowStore
     from mixtune.release.gateway import default_masker
     from mixtune.release.shadow import load_traffic, replay_traffic
+    from mixtune.release.store import ShadowStore
 
     items = load_traffic(traffic)
     store = ShadowStore(db)
@@ -80,8 +80,8 @@ def sample(
 ) -> None:
     """Export a stratified blind A/B sample for experts, or --import their verdicts."""
     from mixtune.errors import MixtuneError
-    from mixtune.release._review import export_review, import_verdicts, stratified_sample
-    from mixtune.release._store import ShadowStore
+    from mixtune.release.review_pairs import export_review, import_verdicts, stratified_sample
+    from mixtune.release.store import ShadowStore
 
     store = ShadowStore(db)
     if import_path is not None:
@@ -118,9 +118,9 @@ def report(
     source: str | None = typer.Option(None, help="only 'gateway' or 'replay' records"),
 ) -> None:
     """Pairwise candidate-vs-champion comparison and the canary gate: exit 0 pass, 1 fail, 3 inconclusive."""
-    from mixtune.release._store import ShadowStore
     from mixtune.release.gates import append_decision
     from mixtune.release.shadow import canary_report
+    from mixtune.release.store import ShadowStore
 
     rule_score = None
     if rules is not None:

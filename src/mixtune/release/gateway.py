@@ -35,7 +35,7 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves postponed annotations here
 
-from mixtune.release._openai import (
+from mixtune.release.openai_compat import (
     bearer_ok,
     content_text,
     error_response,
@@ -43,8 +43,8 @@ from mixtune.release._openai import (
     unauthorized,
     validate_chat_body,
 )
-from mixtune.release._store import ShadowStore
-from mixtune.release._upstream import Upstream, UpstreamResult
+from mixtune.release.store import ShadowStore
+from mixtune.release.upstream import Upstream, UpstreamResult
 
 log = logging.getLogger("mixtune.gateway")
 
@@ -350,12 +350,3 @@ def build_gateway_app(champion_url: str, candidate_url: str, *, api_key: str, db
 
     return app
 
-
-def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8) -> dict:
-    """Benchmark: user latency through the gateway minus calling the champion directly (loopback).
-
-    See :mod:`mixtune.release._overhead`.
-    """
-    from mixtune.release._overhead import measure
-
-    return measure(n_requests, concurrency)

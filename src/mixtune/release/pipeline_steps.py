@@ -51,9 +51,9 @@ def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_pat
     """Replay held-out prompts against champion and candidate, then the canary A/B decision."""
     from mixtune.data.io import read_samples
     from mixtune.eval.backends import HFBackend
-    from mixtune.release._store import ShadowStore
     from mixtune.release.gates import append_decision
     from mixtune.release.shadow import canary_report, replay_traffic
+    from mixtune.release.store import ShadowStore
     from mixtune.rules import RuleEngine, RuleSet, mask_pii
 
     c = cfg.gates.shadow

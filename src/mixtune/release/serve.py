@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves postponed annotations here
 
-from mixtune.release._openai import (
+from mixtune.release.openai_compat import (
     bearer_ok,
     content_text,
     error_response,

@@ -28,8 +28,8 @@ from typing import Any
 
 from mixtune.errors import DataError
 from mixtune.jsonl import read_jsonl_objects
-from mixtune.release._store import ShadowStore
 from mixtune.release.gateway import canary_route, user_hash
+from mixtune.release.store import ShadowStore
 
 RuleScore = Callable[[str, str], float]  # (prompt text, answer) -> score in [0, 1]
 

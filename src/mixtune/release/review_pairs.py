@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 from mixtune.errors import DataError
-from mixtune.release._store import ShadowStore
+from mixtune.release.store import ShadowStore
 
 FORMATS = ("jsonl", "labelstudio", "argilla", "csv")
 _CHOICE = {"a": "A", "b": "B", "tie": "tie", "t": "tie", "same": "tie", "equal": "tie"}

@@ -112,13 +112,13 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def measure(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, deadline_s: float = 120.0) -> dict:
+def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, deadline_s: float = 120.0) -> dict:
     """Run the benchmark; returns p50/p99 latencies (ms) of both paths, overheads and lost records.
 
     Client (this process), fake upstreams and the gateway run in three processes, as in production,
     so the gateway's cost is not inflated by sharing one interpreter lock with the load generator.
     """
-    from mixtune.release._store import ShadowStore
+    from mixtune.release.store import ShadowStore
 
     if n_requests < 1 or concurrency < 1:
         raise ValueError("n_requests and concurrency must be >= 1")
@@ -128,7 +128,7 @@ def measure(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, de
         p_champ, p_cand, p_gw = _free_port(), _free_port(), _free_port()
         champ, cand, gw = (f"http://127.0.0.1:{p}" for p in (p_champ, p_cand, p_gw))
         try:
-            procs.append(subprocess.Popen([sys.executable, "-m", "mixtune.release._overhead", str(p_champ),
+            procs.append(subprocess.Popen([sys.executable, "-m", "mixtune.bench.gateway_overhead", str(p_champ),
                                            str(p_cand)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
             _wait_up(champ + "/v1/models", procs[0], 30)
             _wait_up(cand + "/v1/models", procs[0], 30)
@@ -158,7 +158,7 @@ def measure(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, de
 
 def _serve_fakes(ports: list[int]) -> None:
     """Serve the fake upstream on each port until SIGTERM (the benchmark's upstream process)."""
-    from mixtune.release._server import ServerThread
+    from mixtune.release.server import ServerThread
 
     servers = [ServerThread(fake_upstream, port=p).start() for p in ports]
     stop = threading.Event()

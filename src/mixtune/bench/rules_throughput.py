@@ -1,4 +1,4 @@
-"""Rule-engine throughput benchmark: ``python -m mixtune.rules.bench [--n N] [--workers W]``.
+"""Rule-engine throughput benchmark: ``python -m mixtune.bench.rules_throughput [--n N] [--workers W]``.
 
 Builds a realistic workload from the finance example — every generated task and chain step
 (with 5% injected defects), each checked with its task's rule ids and its real input — then
@@ -78,7 +78,7 @@ def run(n: int, workers: int, pool: int = 3000, rules_path: str | None = None) -
             "samples_per_s": round(n / wall), "us_per_sample": round(wall / n * 1e6, 2),
             "failures": failures, "distinct_items": len(items), "cpus": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
-            "command": f"python -m mixtune.rules.bench --n {n} --workers {workers}"}
+            "command": f"python -m mixtune.bench.rules_throughput --n {n} --workers {workers}"}
 
 
 def main(argv: list[str] | None = None) -> None:
