@@ -5,7 +5,9 @@ short detail; ``input == accepted + quarantined`` always holds and is checked be
 Reasons: ``invalid_utf8``, ``malformed_json``, ``malformed_row``, ``not_an_object``,
 ``unreadable_file``, ``unrecognised_shape``, ``wrong_type``, ``missing_task_id``,
 ``unknown_task_id`` (only with an ontology), ``empty_output``, ``oversized_field``,
-``duplicate_id``.
+``duplicate_id``, ``too_deeply_nested``, and for parquet ``oversized_row_group`` /
+``unreadable_row_group`` (a whole row group, judged from the footer before decoding, so a
+decompression bomb or corrupt page costs one quarantine row with ``n_records`` and its ``row_group``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,18 @@ class IngestResult:
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     input_count: int = 0
 
+    @property
+    def n_quarantined(self) -> int:
+        """Quarantined records (a parquet row group quarantined whole counts its ``n_records`` rows)."""
+        return sum(q.get("n_records", 1) for q in self.quarantine)
+
     def summary(self) -> dict[str, Any]:
-        """Counts for ``ingest_summary.json``: input, accepted, quarantined and reasons."""
-        return {"input": self.input_count, "accepted": len(self.samples), "quarantined": len(self.quarantine),
-                "by_reason": dict(sorted(Counter(q["reason"] for q in self.quarantine).items()))}
+        """Counts for ``ingest_summary.json``: input, accepted, quarantined and reasons (in records)."""
+        by_reason: Counter = Counter()
+        for q in self.quarantine:
+            by_reason[q["reason"]] += q.get("n_records", 1)
+        return {"input": self.input_count, "accepted": len(self.samples), "quarantined": self.n_quarantined,
+                "by_reason": dict(sorted(by_reason.items()))}
 
 
 def parse_field_map(items: list[str] | None) -> dict[str, str]:
@@ -52,6 +62,15 @@ def parse_field_map(items: list[str] | None) -> dict[str, str]:
             raise DataError(f"--field-map target {target.strip()!r} is not a sample field")
         out[target.strip()] = source.strip()
     return out
+
+
+def _preview(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return ""
+    try:
+        return json.dumps(rec, ensure_ascii=False, default=str)[:_PREVIEW]
+    except (RecursionError, ValueError):
+        return repr(sorted(rec))[:_PREVIEW]
 
 
 def _oversized(rec: dict[str, Any], limit: int) -> str:
@@ -114,11 +133,12 @@ def ingest_paths(paths: list[str | Path], *, ontology: Ontology | None = None,
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for p in paths:
         try:
-            records = read_records(p)
+            records = read_records(p, max_value_bytes=4 * max_field_chars)
         except ValueError as e:
             raise DataError(str(e), where=str(p)) from None
         for loc, rec, reason, detail in records:
-            res.input_count += 1
+            n_rec = loc.pop("n_records", 1)  # a quarantined parquet row group stands for n rows
+            res.input_count += n_rec
             if rec is not None:
                 try:
                     rec = apply_field_map(rec, field_map or {})
@@ -134,7 +154,9 @@ def ingest_paths(paths: list[str | Path], *, ontology: Ontology | None = None,
                     continue
                 except ShapeError as e:
                     reason, detail = e.reason, e.detail
-            preview = json.dumps(rec, ensure_ascii=False, default=str)[:_PREVIEW] if rec is not None else ""
-            res.quarantine.append({**loc, "reason": reason, "detail": detail, "record": preview})
-    assert res.input_count == len(res.samples) + len(res.quarantine)  # the no-silent-drop invariant
+                except RecursionError:  # a nested value the parser accepted but re-encoding cannot
+                    reason, detail = "too_deeply_nested", "a field nests too deeply to process"
+            row = {**loc, "reason": reason, "detail": detail, "record": _preview(rec)}
+            res.quarantine.append({**row, "n_records": n_rec} if n_rec != 1 else row)
+    assert res.input_count == len(res.samples) + res.n_quarantined  # the no-silent-drop invariant
     return res
