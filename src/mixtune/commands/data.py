@@ -1,4 +1,4 @@
-"""``mixtune data ingest|build|validate``."""
+"""``mixtune data ingest|build|validate|export``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-data_app = typer.Typer(help="Ingest, build and validate datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Ingest, build, validate and export datasets.", no_args_is_help=True)
 
 
 @data_app.command("ingest")
@@ -119,6 +119,26 @@ def validate(
         c.print(f"  {rid}: {k}", highlight=False)
     if bad:
         raise typer.Exit(1)
+
+
+@data_app.command("export")
+def export(
+    data: Path = typer.Option(..., "--data", help="samples.parquet, a dataset directory or a run directory"),
+    fmt: str = typer.Option(..., "--format", help="llamafactory | axolotl | sharegpt | alpaca"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    split: str = typer.Option("train", "--split", help="train | val | test"),
+    include_pending: bool = typer.Option(False, "--include-pending",
+                                         help="also export rule-passing samples nobody has reviewed yet"),
+) -> None:
+    """Write the rule-passing, approved split for another trainer, keeping sample ids for `mixtune trace`."""
+    from mixtune.data.export import export_dataset
+
+    res = export_dataset(data, fmt, out, split=split, include_pending=include_pending)
+    typer.echo(f"exported {res.exported} {split} samples ({fmt}) to {res.path}")
+    for reason, n in res.excluded.items():
+        typer.echo(f"  left out {n}: {reason}")
+    for f in res.files:
+        typer.echo(f"  wrote {f}")
 
 
 def register(app: typer.Typer) -> None:
