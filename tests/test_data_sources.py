@@ -111,3 +111,19 @@ data:
     assert unmapped[0]["line"] == 3
     summary = json.loads((out / "build_summary.json").read_text())
     assert summary["ingested_records"] == 4
+
+
+def test_cli_ingest_takes_task_from_and_task_map(tmp_path):
+    from mixtune.cli import main
+
+    src = _jsonl(tmp_path / "faq.jsonl", [{**r, "instruction": r.pop("q")} for r in (dict(x) for x in ROWS)])
+    with pytest.raises(SystemExit) as e:
+        main(["data", "ingest", str(src), "--out", str(tmp_path / "o"), "--field-map", "output=response",
+              "--task-from", "kind", "--task-map", "term=concept_term", "--task-map", "ratio=calc_lcr",
+              "--ontology", str(EX / "ontology.yaml")])
+    assert (e.value.code or 0) == 0
+    summary = json.loads((tmp_path / "o" / "ingest_summary.json").read_text())
+    assert summary["by_reason"] == {"missing_task_id": 1, "unmapped_task": 1} and summary["accepted"] == 2
+    with pytest.raises(SystemExit) as e:
+        main(["data", "ingest", str(src), "--out", str(tmp_path / "o"), "--task-map", "a=b"])
+    assert e.value.code == 2

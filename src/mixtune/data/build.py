@@ -190,7 +190,7 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     counts = {
         "generated": len(samples) - sum(1 for s in samples if s.source_type != "generated"),
         "ingested_records": n_ingested, "validated": len(unique), "accepted": len(train_ready),
-        "quarantined": len(quarantine), "pending_review": len(pending), "perturbed": len(twins),
+        "quarantined": sum(q.get("n_records", 1) for q in quarantine), "pending_review": len(pending), "perturbed": len(twins),
         "total": len(final), **{f"split_{k}": v for k, v in sorted(Counter(s.split for s in final).items())},
         "by_task": dict(sorted(Counter(s.task_id for s in train_ready).items())),
         "by_level": dict(sorted(Counter(s.level for s in train_ready).items())),
