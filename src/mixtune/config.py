@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from mixtune.errors import ConfigError
 
@@ -53,7 +53,9 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     ontology: str = "ontology.yaml"
     rules: str = "rules.yaml"
-    sources: list[str] = Field(default_factory=list, description="extra jsonl/parquet/csv files to ingest")
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="extra jsonl/parquet/csv files to ingest: a path, or a mapping with "
+        "path, field_map, default_task and task_from (paths relative to the YAML file)")
     generate: bool = True
     n_per_task: int = Field(300, ge=1)
     defect_rate: float = Field(0.05, ge=0.0, le=0.5)
@@ -63,6 +65,50 @@ class DataConfig(Strict):
     perturb_fraction: float = Field(0.3, ge=0.0, le=1.0)
     require_review: bool = Field(False, description="train only on samples an expert approved")
     auto_approve_reviewer: str | None = Field("generator", description="reviewer id recorded for generated samples")
+
+
+class TaskFromConfig(Strict):
+    """Where an ingested record's task id comes from: a column, optionally mapped value → task id.
+
+    Written as a plain column name or as ``{column: c, map: {value: task_id}}``; with a map, a value
+    not in it is quarantined rather than guessed.
+    """
+
+    column: str = Field(min_length=1)
+    map: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_column_name(cls, v: Any) -> Any:
+        return {"column": v} if isinstance(v, str) else v
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: Any) -> Any:
+        return self.column if not self.map else handler(self)
+
+
+class SourceConfig(Strict):
+    """One ``data.sources`` entry: a path string, or a mapping that also says how to read it.
+
+    ``field_map`` renames source columns to sample fields (``{output: response}``); ``default_task``
+    is the task id for records without one; ``task_from`` takes it from a column instead.
+    """
+
+    path: str = Field(min_length=1)
+    field_map: dict[str, str] = Field(default_factory=dict)
+    default_task: str | None = None
+    task_from: TaskFromConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: Any) -> Any:
+        # a bare path dumps as the string it was written as, so existing configs keep their fingerprint
+        plain = not self.field_map and self.default_task is None and self.task_from is None
+        return self.path if plain else handler(self)
 
 
 class ClipConfig(Strict):

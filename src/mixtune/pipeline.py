@@ -23,6 +23,7 @@ STEPS = ("data", "base_model", "stage1", "stage2", "eval", "gates", "report")
 
 def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
     from mixtune.data.build import build_dataset
+    from mixtune.data.ingest import Source
 
     fp = rd.fingerprint("data", ("data", "seed"))
     if rd.done("data", fp):
@@ -32,7 +33,9 @@ def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
         n_per_task=cfg.data.n_per_task if cfg.data.generate else 0, defect_rate=cfg.data.defect_rate,
         val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
         perturb_fraction=cfg.data.perturb_fraction, seed=cfg.seed,
-        sources=[str(cfg.resolve(s)) for s in cfg.data.sources], require_review=cfg.data.require_review,
+        sources=[Source(str(cfg.resolve(s.path)), s.field_map, s.default_task, s.task_from and s.task_from.column,
+                        s.task_from.map if s.task_from else {}) for s in cfg.data.sources],
+        require_review=cfg.data.require_review,
         reviewer=cfg.data.auto_approve_reviewer, progress=True, value_pool=cfg.data.value_pool)
     rd.mark("data", fp, version=res.version, counts=res.counts)
     console.print(f"data: version {res.version}: {res.counts}")

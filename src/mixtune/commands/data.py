@@ -1,4 +1,4 @@
-"""``mixtune data ingest|build|validate``."""
+"""``mixtune data ingest|build|validate|export``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-data_app = typer.Typer(help="Ingest, build and validate datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Ingest, build, validate and export datasets.", no_args_is_help=True)
 
 
 @data_app.command("ingest")
@@ -16,17 +16,31 @@ def ingest(
     ontology: Path | None = typer.Option(None, "--ontology", help="quarantine task ids not in this ontology"),
     field_map: list[str] = typer.Option([], "--field-map", help="target=source, e.g. output=response (repeatable)"),
     default_task: str | None = typer.Option(None, "--default-task", help="task id for records without one"),
+    task_from: str | None = typer.Option(None, "--task-from", help="take the task id from this column"),
+    task_map: list[str] = typer.Option([], "--task-map",
+                                       help="value=task_id for --task-from values (repeatable; others quarantined)"),
 ) -> None:
     """Every record ends accepted (samples.parquet) or quarantined (quarantine.jsonl) with its reason."""
     from rich.console import Console
 
-    from mixtune.data.ingest import ingest_paths, parse_field_map
+    from mixtune.data.ingest import Source, ingest_sources, parse_field_map
     from mixtune.data.io import write_json, write_jsonl, write_samples
     from mixtune.data.ontology import load_ontology
+    from mixtune.errors import DataError
 
+    mapping = {}
+    for item in task_map:
+        value, sep, tid = item.partition("=")
+        if not sep or not tid.strip():
+            raise DataError(f"--task-map {item!r} must look like value=task_id")
+        mapping[value.strip()] = tid.strip()
+    if mapping and not task_from:
+        raise DataError("--task-map needs --task-from COLUMN")
     onto = load_ontology(ontology) if ontology else None
-    res = ingest_paths([str(p) for p in paths], ontology=onto, field_map=parse_field_map(field_map),
-                       default_task=default_task)
+    fmap = parse_field_map(field_map)
+    if default_task and onto is not None and default_task not in onto.tasks:
+        raise DataError(f"--default-task {default_task!r} is not in the ontology; known: {sorted(onto.tasks)}")
+    res = ingest_sources([Source(str(p), fmap, default_task, task_from, mapping) for p in paths], ontology=onto)
     out.mkdir(parents=True, exist_ok=True)
     write_samples(res.samples, out / "samples.parquet")
     write_jsonl(res.quarantine, out / "quarantine.jsonl")
@@ -119,6 +133,26 @@ def validate(
         c.print(f"  {rid}: {k}", highlight=False)
     if bad:
         raise typer.Exit(1)
+
+
+@data_app.command("export")
+def export(
+    data: Path = typer.Option(..., "--data", help="samples.parquet, a dataset directory or a run directory"),
+    fmt: str = typer.Option(..., "--format", help="llamafactory | axolotl | sharegpt | alpaca"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    split: str = typer.Option("train", "--split", help="train | val | test"),
+    include_pending: bool = typer.Option(False, "--include-pending",
+                                         help="also export rule-passing samples nobody has reviewed yet"),
+) -> None:
+    """Write the rule-passing, approved split for another trainer, keeping sample ids for `mixtune trace`."""
+    from mixtune.data.export import export_dataset
+
+    res = export_dataset(data, fmt, out, split=split, include_pending=include_pending)
+    typer.echo(f"exported {res.exported} {split} samples ({fmt}) to {res.path}")
+    for reason, n in res.excluded.items():
+        typer.echo(f"  left out {n}: {reason}")
+    for f in res.files:
+        typer.echo(f"  wrote {f}")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mixtune.data.difficulty import DifficultyScorer
 from mixtune.data.generate import generate_samples, supports
+from mixtune.data.ingest import Source
 from mixtune.data.io import write_json, write_jsonl, write_samples
 from mixtune.data.lineage import lineage_table, write_lineage
 from mixtune.data.ontology import Ontology, load_ontology
@@ -79,7 +81,7 @@ def dataset_version(samples: list[Sample], onto_version: str, rules_version: str
 
 def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: str | Path, *, n_per_task: int,
                   defect_rate: float, val_fraction: float, test_fraction: float, perturb_fraction: float,
-                  seed: int, sources: list[str] | tuple[str, ...] = (), require_review: bool = False,
+                  seed: int, sources: Sequence[str | Source] = (), require_review: bool = False,
                   reviewer: str | None = "generator", progress: bool = True, value_pool: int = 0) -> BuildResult:
     """Build a versioned dataset directory; see the module docstring for the files written."""
     from mixtune.rules import RuleEngine, RuleSet
@@ -98,9 +100,9 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     quarantine: list[dict] = []
     n_ingested = 0
     if sources:
-        from mixtune.data.ingest import ingest_paths
+        from mixtune.data.ingest import ingest_sources
 
-        ing = ingest_paths(list(sources), ontology=onto)
+        ing = ingest_sources([s if isinstance(s, Source) else Source(str(s)) for s in sources], ontology=onto)
         n_ingested = ing.input_count
         samples.extend(ing.samples)
         quarantine.extend(ing.quarantine)
@@ -188,7 +190,7 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     counts = {
         "generated": len(samples) - sum(1 for s in samples if s.source_type != "generated"),
         "ingested_records": n_ingested, "validated": len(unique), "accepted": len(train_ready),
-        "quarantined": len(quarantine), "pending_review": len(pending), "perturbed": len(twins),
+        "quarantined": sum(q.get("n_records", 1) for q in quarantine), "pending_review": len(pending), "perturbed": len(twins),
         "total": len(final), **{f"split_{k}": v for k, v in sorted(Counter(s.split for s in final).items())},
         "by_task": dict(sorted(Counter(s.task_id for s in train_ready).items())),
         "by_level": dict(sorted(Counter(s.level for s in train_ready).items())),

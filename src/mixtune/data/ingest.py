@@ -5,7 +5,9 @@ short detail; ``input == accepted + quarantined`` always holds and is checked be
 Reasons: ``invalid_utf8``, ``malformed_json``, ``malformed_row``, ``not_an_object``,
 ``unreadable_file``, ``unrecognised_shape``, ``wrong_type``, ``missing_task_id``,
 ``unknown_task_id`` (only with an ontology), ``empty_output``, ``oversized_field``,
-``duplicate_id``.
+``duplicate_id``, ``too_deeply_nested``, ``unmapped_task`` (a ``task_from`` value outside its map), and for parquet ``oversized_row_group`` /
+``unreadable_row_group`` (a whole row group, judged from the footer before decoding, so a
+decompression bomb or corrupt page costs one quarantine row with ``n_records`` and its ``row_group``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,18 @@ class IngestResult:
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     input_count: int = 0
 
+    @property
+    def n_quarantined(self) -> int:
+        """Quarantined records (a parquet row group quarantined whole counts its ``n_records`` rows)."""
+        return sum(q.get("n_records", 1) for q in self.quarantine)
+
     def summary(self) -> dict[str, Any]:
-        """Counts for ``ingest_summary.json``: input, accepted, quarantined and reasons."""
-        return {"input": self.input_count, "accepted": len(self.samples), "quarantined": len(self.quarantine),
-                "by_reason": dict(sorted(Counter(q["reason"] for q in self.quarantine).items()))}
+        """Counts for ``ingest_summary.json``: input, accepted, quarantined and reasons (in records)."""
+        by_reason: Counter = Counter()
+        for q in self.quarantine:
+            by_reason[q["reason"]] += q.get("n_records", 1)
+        return {"input": self.input_count, "accepted": len(self.samples), "quarantined": self.n_quarantined,
+                "by_reason": dict(sorted(by_reason.items()))}
 
 
 def parse_field_map(items: list[str] | None) -> dict[str, str]:
@@ -52,6 +62,15 @@ def parse_field_map(items: list[str] | None) -> dict[str, str]:
             raise DataError(f"--field-map target {target.strip()!r} is not a sample field")
         out[target.strip()] = source.strip()
     return out
+
+
+def _preview(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return ""
+    try:
+        return json.dumps(rec, ensure_ascii=False, default=str)[:_PREVIEW]
+    except (RecursionError, ValueError):
+        return repr(sorted(rec))[:_PREVIEW]
 
 
 def _oversized(rec: dict[str, Any], limit: int) -> str:
@@ -98,35 +117,96 @@ def _build(rec: dict[str, Any], shape: str, loc: dict[str, Any], onto: Ontology 
     return sample.with_id()
 
 
+@dataclass(frozen=True)
+class Source:
+    """One input file and how to read it (the flat form of a ``data.sources`` entry).
+
+    ``task_column`` names the column holding the task id; with ``task_map`` its values are looked up
+    there (an unmapped value is quarantined, never guessed). ``default_task`` applies when a record
+    carries no task at all.
+    """
+
+    path: str
+    field_map: dict[str, str] = field(default_factory=dict)
+    default_task: str | None = None
+    task_column: str | None = None
+    task_map: dict[str, str] = field(default_factory=dict)
+
+
+def _check_source(src: Source, ontology: Ontology | None) -> None:
+    p = Path(src.path)
+    if not p.exists():
+        raise DataError("input file not found", where=str(p))
+    if p.is_dir():
+        raise DataError("is a directory; pass the data files", where=str(p))
+    for target in src.field_map:
+        if target not in _SAMPLE_FIELDS and target != "conversations":
+            raise DataError(f"field_map target {target!r} is not a sample field", where=f"{p}: field_map")
+    if ontology is None:
+        return
+    if src.default_task and src.default_task not in ontology.tasks:
+        raise DataError(f"default task {src.default_task!r} is not in the ontology; known: {sorted(ontology.tasks)}",
+                        where=str(p))
+    bad = {k: v for k, v in src.task_map.items() if v not in ontology.tasks}
+    if bad:
+        raise DataError(f"task_from.map names task ids not in the ontology: {bad}", where=str(p))
+
+
+def _assign_task(rec: dict[str, Any], src: Source) -> None:
+    """Put the task id that ``src`` prescribes into ``rec`` (or quarantine the record)."""
+    if src.task_column:
+        value = rec.get(src.task_column)
+        if value not in (None, ""):
+            if not src.task_map:
+                rec["task_id"] = value
+            elif str(value) in src.task_map:
+                rec["task_id"] = src.task_map[str(value)]
+            else:
+                raise ShapeError("unmapped_task", f"column {src.task_column!r} value {str(value)[:80]!r} is not in "
+                                                  f"task_from.map {sorted(src.task_map)[:10]}")
+        elif not src.default_task:
+            raise ShapeError("missing_task_id", f"column {src.task_column!r} is empty and there is no default_task")
+        else:
+            rec["task_id"] = src.default_task
+    elif not rec.get("task_id") and not src.default_task:
+        raise ShapeError("missing_task_id", "no task_id in the record and no default task")
+
+
 def ingest_paths(paths: list[str | Path], *, ontology: Ontology | None = None,
                  field_map: dict[str, str] | None = None, default_task: str | None = None,
                  max_field_chars: int = MAX_FIELD_CHARS, seen_ids: set[str] | None = None) -> IngestResult:
-    """Read every record of ``paths``; accepted samples plus one quarantine row per rejection."""
-    for p in paths:
-        if not Path(p).exists():
-            raise DataError("input file not found", where=str(p))
-        if Path(p).is_dir():
-            raise DataError("is a directory; pass the data files", where=str(p))
+    """Read every record of ``paths`` with one field map and default task (see :func:`ingest_sources`)."""
     if default_task and ontology is not None and default_task not in ontology.tasks:
         raise DataError(f"--default-task {default_task!r} is not in the ontology; known: {sorted(ontology.tasks)}")
+    srcs = [Source(str(p), dict(field_map or {}), default_task) for p in paths]
+    return ingest_sources(srcs, ontology=ontology, max_field_chars=max_field_chars, seen_ids=seen_ids)
+
+
+def ingest_sources(sources: list[Source], *, ontology: Ontology | None = None,
+                   max_field_chars: int = MAX_FIELD_CHARS, seen_ids: set[str] | None = None) -> IngestResult:
+    """Read every record of every source; accepted samples plus one quarantine row per rejection."""
+    for src in sources:
+        _check_source(src, ontology)
     res = IngestResult()
     seen = seen_ids if seen_ids is not None else set()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for p in paths:
+    for src in sources:
         try:
-            records = read_records(p)
+            records = read_records(src.path, max_value_bytes=4 * max_field_chars)
         except ValueError as e:
-            raise DataError(str(e), where=str(p)) from None
+            raise DataError(str(e), where=src.path) from None
         for loc, rec, reason, detail in records:
-            res.input_count += 1
+            n_rec = loc.pop("n_records", 1)  # a quarantined parquet row group stands for n rows
+            res.input_count += n_rec
             if rec is not None:
                 try:
-                    rec = apply_field_map(rec, field_map or {})
+                    rec = apply_field_map(rec, src.field_map)
                     big = _oversized(rec, max_field_chars)
                     if big:
                         raise ShapeError("oversized_field", f"field {big!r} exceeds {max_field_chars} characters")
+                    _assign_task(rec, src)
                     shape, fields = to_fields(rec)
-                    sample = _build(fields, shape, loc, ontology, default_task, now)
+                    sample = _build(fields, shape, loc, ontology, src.default_task, now)
                     if sample.id in seen:
                         raise ShapeError("duplicate_id", f"id {sample.id} already ingested")
                     seen.add(sample.id)
@@ -134,7 +214,9 @@ def ingest_paths(paths: list[str | Path], *, ontology: Ontology | None = None,
                     continue
                 except ShapeError as e:
                     reason, detail = e.reason, e.detail
-            preview = json.dumps(rec, ensure_ascii=False, default=str)[:_PREVIEW] if rec is not None else ""
-            res.quarantine.append({**loc, "reason": reason, "detail": detail, "record": preview})
-    assert res.input_count == len(res.samples) + len(res.quarantine)  # the no-silent-drop invariant
+                except RecursionError:  # a nested value the parser accepted but re-encoding cannot
+                    reason, detail = "too_deeply_nested", "a field nests too deeply to process"
+            row = {**loc, "reason": reason, "detail": detail, "record": _preview(rec)}
+            res.quarantine.append({**row, "n_records": n_rec} if n_rec != 1 else row)
+    assert res.input_count == len(res.samples) + res.n_quarantined  # the no-silent-drop invariant
     return res

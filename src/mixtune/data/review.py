@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ class ReviewQueue:
             self._replay()
 
     def _replay(self) -> None:
-        for i, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        raw = self.path.read_bytes()
+        body, torn = self._split_torn_tail(raw)
+        for i, line in enumerate(body.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -66,8 +69,39 @@ class ReviewQueue:
                 e = self.entries.setdefault(ev["sample_id"], ReviewEntry(ev["sample_id"], ev.get("task_id", "")))
                 e.status, e.reviewer_id, e.qualification = ev["to"], ev.get("reviewer_id", ""), ev.get("qualification", "")
                 e.time, e.note = ev.get("time", ""), ev.get("note", "")
-            except (json.JSONDecodeError, KeyError) as err:
+            except (ValueError, KeyError, TypeError) as err:  # ValueError covers bad JSON and bad UTF-8
                 raise DataError(f"corrupt review log entry: {err}", where=f"{self.path}:{i}") from None
+        if torn is not None:
+            self._repair(body, torn, line_no=body.count(b"\n") + 1)
+
+    @staticmethod
+    def _split_torn_tail(raw: bytes) -> tuple[bytes, bytes | None]:
+        """``(complete part, torn tail or None)``: a crash mid-append leaves a last line without its
+        newline; when that line does not parse it is torn, and only it (never a complete line) is set aside."""
+        if not raw or raw.endswith(b"\n"):
+            return raw, None
+        cut = raw.rfind(b"\n") + 1
+        tail = raw[cut:]
+        try:
+            json.loads(tail)["sample_id"]
+            return raw, b""  # complete event, only its newline is missing
+        except (ValueError, KeyError, TypeError):
+            return raw[:cut], tail
+
+    def _repair(self, body: bytes, torn: bytes, line_no: int) -> None:
+        # Appending after a torn line would glue the next event onto it and corrupt a middle line,
+        # blocking every later command; so end the log at its last complete line, keeping the torn
+        # bytes next to it for audit.
+        if torn:
+            with open(self.path.with_name(self.path.name + ".torn"), "ab") as f:
+                f.write(torn + b"\n")
+            with open(self.path, "r+b") as f:
+                f.truncate(len(body))
+            print(f"warning: {self.path}:{line_no}: skipped a torn last line ({len(torn)} bytes, kept in "
+                  f"{self.path.name}.torn); complete lines are intact", file=sys.stderr)
+        else:
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
 
     def _append(self, events: list[dict]) -> None:
         if not events:

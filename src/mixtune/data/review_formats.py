@@ -7,7 +7,9 @@ decision are skipped (still in review); decisions the state machine refuses are 
 sample, never applied partially.
 
 - CSV: columns ``sample_id, task_id, prompt, output, status, decision, reviewer_id,
-  qualification, note``.
+  qualification, note``. Cells that a spreadsheet would run as a formula (starting with
+  ``= + - @``, tab or CR) are written with a leading ``'`` that import removes. Import reads
+  UTF-8 (with or without BOM), UTF-16 with BOM, or GBK/GB18030 as Excel saves it on Chinese Windows.
 - Label Studio: a task list ``[{id, data: {sample_id, task_id, prompt, output}}]``; import reads
   the Label Studio export (``annotations[-1].result`` with ``from_name`` ``decision`` /
   ``qualification`` (choices) and ``note`` (textarea), reviewer from ``completed_by``).
@@ -18,8 +20,11 @@ sample, never applied partially.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from mixtune.data.schema import Sample
 from mixtune.errors import DataError, MixtuneError
 
 FORMATS = ("csv", "labelstudio", "argilla")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 CSV_COLUMNS = ["sample_id", "task_id", "prompt", "output", "status", "decision", "reviewer_id", "qualification", "note"]
 LABEL_STUDIO_CONFIG = """<View>
   <Header value="$task_id"/>
@@ -55,6 +61,14 @@ class Decision:
 
 
 @dataclass
+class Refusal:
+    """An entry of an import file that cannot be read as a decision (where, why)."""
+
+    where: str
+    reason: str
+
+
+@dataclass
 class ImportResult:
     applied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -71,40 +85,72 @@ def _answer(s: Sample) -> str:
     return outs[0] if len(outs) == 1 else "\n---\n".join(outs)
 
 
+def _escape_cell(value: str) -> str:
+    """Defuse spreadsheet formulas: a cell starting with = + - @ tab or CR gets a leading ``'``.
+
+    Cells already starting with ``'`` get one too, so :func:`_unescape_cell` restores every value exactly.
+    """
+    return "'" + value if value[:1] in _FORMULA_STARTS else value
+
+
+def _unescape_cell(value: str) -> str:
+    return value[1:] if value[:1] == "'" and value[1:2] in _FORMULA_STARTS else value
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def export_review(samples: list[Sample], queue: ReviewQueue, fmt: str, path: str | Path) -> int:
-    """Write ``samples`` for review in ``fmt``; pending ones move to ``in_review``. Returns the count."""
+    """Write ``samples`` for review in ``fmt``; pending ones move to ``in_review``. Returns the count.
+
+    The file is written (atomically) before any state changes, so a failed write leaves no sample
+    stuck in ``in_review`` with nothing to review it from.
+    """
     if fmt not in FORMATS:
         raise DataError(f"unknown review format {fmt!r}; allowed: {list(FORMATS)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    before = {s.id: queue.entries[s.id].status if s.id in queue.entries else "pending" for s in samples}
+    status = {sid: "in_review" if st == "pending" else st for sid, st in before.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "csv":
+            def write(f) -> None:
+                w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+                w.writeheader()
+                for s in samples:
+                    row = {"sample_id": s.id, "task_id": s.task_id, "prompt": _prompt(s), "output": _answer(s),
+                           "status": status[s.id], "decision": "", "reviewer_id": "", "qualification": "", "note": ""}
+                    w.writerow({k: _escape_cell(v) for k, v in row.items()})
+            _write_atomic(path, write)
+        elif fmt == "labelstudio":
+            tasks = [{"id": i + 1, "data": {"sample_id": s.id, "task_id": s.task_id, "prompt": _prompt(s),
+                                            "output": _answer(s)}} for i, s in enumerate(samples)]
+            _write_atomic(path, lambda f: f.write(json.dumps(tasks, ensure_ascii=False, indent=1)))
+            _write_atomic(path.with_suffix(".config.xml"), lambda f: f.write(LABEL_STUDIO_CONFIG))
+        else:
+            records = [{"id": s.id, "fields": {"prompt": _prompt(s), "output": _answer(s)},
+                        "metadata": {"sample_id": s.id, "task_id": s.task_id, "rule_results": s.rule_results},
+                        "suggestions": {}, "responses": {}, "vectors": {}, "status": "pending"} for s in samples]
+            _write_atomic(path, lambda f: f.write(json.dumps(records, ensure_ascii=False, indent=1)))
+    except OSError as e:
+        raise DataError(f"cannot write the review file: {e.strerror or e}", where=str(path)) from None
     queue.add(samples)
     for s in samples:
-        if queue.entries[s.id].status == "pending":
+        if before[s.id] == "pending":
             queue.transition(s.id, "in_review")
-    status = {s.id: queue.entries[s.id].status for s in samples}
-    if fmt == "csv":
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            for s in samples:
-                w.writerow({"sample_id": s.id, "task_id": s.task_id, "prompt": _prompt(s), "output": _answer(s),
-                            "status": status[s.id], "decision": "", "reviewer_id": "", "qualification": "", "note": ""})
-    elif fmt == "labelstudio":
-        tasks = [{"id": i + 1, "data": {"sample_id": s.id, "task_id": s.task_id, "prompt": _prompt(s),
-                                        "output": _answer(s)}} for i, s in enumerate(samples)]
-        path.write_text(json.dumps(tasks, ensure_ascii=False, indent=1), encoding="utf-8")
-        path.with_suffix(".config.xml").write_text(LABEL_STUDIO_CONFIG, encoding="utf-8")
-    else:
-        records = [{"id": s.id, "fields": {"prompt": _prompt(s), "output": _answer(s)},
-                    "metadata": {"sample_id": s.id, "task_id": s.task_id, "rule_results": s.rule_results},
-                    "suggestions": {}, "responses": {}, "vectors": {}, "status": "pending"} for s in samples]
-        path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     return len(samples)
 
 
 def _load_json(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # tolerate a BOM from Windows tools
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read review file: {e}", where=str(path)) from None
     if not isinstance(data, list):
@@ -112,56 +158,87 @@ def _load_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _ls_decisions(path: Path) -> list[Decision | str]:
-    out: list[Decision | str] = []
-    for task in _load_json(path):
-        sid = (task.get("data") or {}).get("sample_id", "")
-        anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        if not anns:
-            out.append(sid)
+def _per_entry(path: Path, parse) -> list[Decision | str | Refusal]:
+    """Run ``parse`` on every entry of a JSON list; an entry of the wrong shape is refused by position."""
+    out: list[Decision | str | Refusal] = []
+    for i, entry in enumerate(_load_json(path), 1):
+        if not isinstance(entry, dict):
+            out.append(Refusal(f"entry {i}", f"is a {type(entry).__name__}, not an object"))
             continue
-        ann = anns[-1]
-        vals: dict[str, str] = {}
-        for r in ann.get("result", []):
-            v = r.get("value", {})
-            if "choices" in v and v["choices"]:
-                vals[r.get("from_name", "")] = v["choices"][0]
-            elif "text" in v and v["text"]:
-                vals[r.get("from_name", "")] = v["text"][0] if isinstance(v["text"], list) else v["text"]
-        who = ann.get("completed_by")
-        reviewer = who.get("email") or str(who.get("id", "")) if isinstance(who, dict) else str(who or "")
-        out.append(Decision(sid, vals.get("decision", ""), reviewer, vals.get("qualification", ""), vals.get("note", "")))
+        try:
+            out.append(parse(entry))
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            out.append(Refusal(f"entry {i}", f"unexpected structure ({type(e).__name__}: {e})"))
     return out
 
 
-def _argilla_decisions(path: Path) -> list[Decision | str]:
-    out: list[Decision | str] = []
-    for rec in _load_json(path):
-        sid = (rec.get("metadata") or {}).get("sample_id") or rec.get("id", "")
-        resp = rec.get("responses") or {}
-        dec = (resp.get("decision") or [{}])[-1]
-        if not dec.get("value"):
-            out.append(sid)
+def _ls_entry(task: dict[str, Any]) -> Decision | str:
+    sid = (task.get("data") or {}).get("sample_id", "")
+    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not anns:
+        return sid
+    ann = anns[-1]
+    vals: dict[str, str] = {}
+    for r in ann.get("result", []):
+        v = r.get("value", {})
+        if "choices" in v and v["choices"]:
+            vals[r.get("from_name", "")] = v["choices"][0]
+        elif "text" in v and v["text"]:
+            vals[r.get("from_name", "")] = v["text"][0] if isinstance(v["text"], list) else v["text"]
+    who = ann.get("completed_by")
+    reviewer = who.get("email") or str(who.get("id", "")) if isinstance(who, dict) else str(who or "")
+    return Decision(sid, vals.get("decision", ""), reviewer, vals.get("qualification", ""), vals.get("note", ""))
+
+
+def _argilla_entry(rec: dict[str, Any]) -> Decision | str:
+    sid = (rec.get("metadata") or {}).get("sample_id") or rec.get("id", "")
+    resp = rec.get("responses") or {}
+    dec = (resp.get("decision") or [{}])[-1]
+    if not dec.get("value"):
+        return sid
+    qual = (resp.get("qualification") or [{}])[-1].get("value", "")
+    note = (resp.get("note") or [{}])[-1].get("value", "")
+    return Decision(sid, dec["value"], str(dec.get("user_id", "")), qual, note)
+
+
+def _ls_decisions(path: Path) -> list[Decision | str | Refusal]:
+    return _per_entry(path, _ls_entry)
+
+
+def _argilla_decisions(path: Path) -> list[Decision | str | Refusal]:
+    return _per_entry(path, _argilla_entry)
+
+
+def _decode_csv(path: Path) -> str:
+    """Review CSVs come back from spreadsheets: UTF-8 with or without BOM, UTF-16 or GBK/GB18030."""
+    raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        encodings = ["utf-8-sig"]
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encodings = ["utf-16"]
+    else:
+        encodings = ["utf-8", "gb18030"]  # gb18030 is a superset of GBK and GB2312
+    for enc in encodings:
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError:
             continue
-        qual = (resp.get("qualification") or [{}])[-1].get("value", "")
-        note = (resp.get("note") or [{}])[-1].get("value", "")
-        out.append(Decision(sid, dec["value"], str(dec.get("user_id", "")), qual, note))
-    return out
+    raise DataError(f"review CSV is neither {' nor '.join(encodings)}; save it as UTF-8 CSV", where=str(path))
 
 
-def _csv_decisions(path: Path) -> list[Decision | str]:
-    out: list[Decision | str] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"sample_id", "decision", "reviewer_id", "qualification"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"review CSV lacks column(s) {sorted(missing)}", where=str(path))
-        for row in reader:
-            if not (row.get("decision") or "").strip():
-                out.append(row["sample_id"])
-                continue
-            out.append(Decision(row["sample_id"], row["decision"].strip(), (row.get("reviewer_id") or "").strip(),
-                                (row.get("qualification") or "").strip(), row.get("note") or ""))
+def _csv_decisions(path: Path) -> list[Decision | str | Refusal]:
+    out: list[Decision | str | Refusal] = []
+    reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=""))
+    missing = {"sample_id", "decision", "reviewer_id", "qualification"} - set(reader.fieldnames or [])
+    if missing:
+        raise DataError(f"review CSV lacks column(s) {sorted(missing)}", where=str(path))
+    for raw_row in reader:
+        row = {k: _unescape_cell(v) for k, v in raw_row.items() if isinstance(k, str) and isinstance(v, str)}
+        if not (row.get("decision") or "").strip():
+            out.append(row.get("sample_id", ""))
+            continue
+        out.append(Decision(row.get("sample_id", ""), row["decision"].strip(), (row.get("reviewer_id") or "").strip(),
+                            (row.get("qualification") or "").strip(), row.get("note") or ""))
     return out
 
 
@@ -170,7 +247,7 @@ def detect_format(path: str | Path) -> str:
     if p.suffix.lower() == ".csv":
         return "csv"
     data = _load_json(p)
-    return "argilla" if data and "fields" in data[0] else "labelstudio"
+    return "argilla" if data and isinstance(data[0], dict) and "fields" in data[0] else "labelstudio"
 
 
 def import_review(path: str | Path, queue: ReviewQueue, fmt: str | None = None) -> ImportResult:
@@ -186,6 +263,9 @@ def import_review(path: str | Path, queue: ReviewQueue, fmt: str | None = None) 
     for d in reader(path):
         if isinstance(d, str):
             res.skipped.append(d)
+            continue
+        if isinstance(d, Refusal):
+            res.refused.append((d.where, d.reason))
             continue
         if d.decision not in DECISIONS:
             res.refused.append((d.sample_id, f"decision {d.decision!r} is not one of {list(DECISIONS)}"))
