@@ -77,7 +77,7 @@ def read_punkt_literals(path: Path) -> dict[str, object]:
 @functools.lru_cache(maxsize=1)
 def punkt_tokenizer():
     """NLTK's ``PunktSentenceTokenizer`` with the English parameters (cached)."""
-    try:
+    try:  # why: nltk costs ~0.3 s to import and only sentence counting needs it
         from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
     except ImportError as e:  # pragma: no cover - dependency missing
         raise MixtuneError("the 'nltk' package is required for IFEval scoring") from e
@@ -93,7 +93,7 @@ def punkt_tokenizer():
 
 @functools.lru_cache(maxsize=1)
 def _treebank():
-    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize import NLTKWordTokenizer  # why: heavy (see punkt_tokenizer), needed on first use
 
     return NLTKWordTokenizer()
 
@@ -165,6 +165,7 @@ def normalize_zh(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _seeded_langdetect():
+    # why: imported with its seed set, once, on the first check that detects a language
     import langdetect
     from langdetect import DetectorFactory
 
