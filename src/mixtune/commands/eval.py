@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 
 from mixtune.errors import ConfigError, DataError
-from mixtune.eval.backends import OpenAIBackend, load_backend
 from mixtune.eval.matrix import render_summary
 
 
@@ -95,9 +94,10 @@ def eval_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Evaluate MODEL on base / business / experience layers and update the matrix in OUT."""
-    # why: the ontology, rule and evaluation stack pulls pyarrow, pydantic and jsonschema (~0.3 s);
-    # imported when the command runs so `mixtune --help` stays fast
+    # why: the ontology, rule and evaluation stack pulls pyarrow, pydantic, jsonschema and httpx
+    # (~0.4 s); imported when the command runs so `mixtune --help` stays fast
     from mixtune.data.ontology import load_ontology
+    from mixtune.eval.backends import OpenAIBackend, load_backend
     from mixtune.eval.experience import LLMJudge
     from mixtune.eval.runner import evaluate_model, read_jsonl, write_matrix
     from mixtune.rules import RuleEngine, RuleSet
