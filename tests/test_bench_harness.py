@@ -89,3 +89,30 @@ def test_cli_quick_tier_of_data_and_eval_suites(tmp_path):
     for name in ("## validation", "## trace", "## evaluation"):
         assert name in md
     assert "tier quick" in md
+
+
+def test_examples_are_found_in_a_checkout_or_named_explicitly(tmp_path, monkeypatch):
+    from mixtune.bench import fixtures
+    from mixtune.errors import ConfigError
+
+    repo_examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.delenv(fixtures.EXAMPLES_ENV, raising=False)
+    assert fixtures.examples_dir() == repo_examples  # the source checkout this package runs from
+    # A pip install: the package lives in site-packages with no examples beside it.
+    monkeypatch.setattr(fixtures, "__file__", str(tmp_path / "site-packages" / "mixtune" / "bench" / "fixtures.py"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        fixtures.finance_dir()
+    except ConfigError as e:
+        assert "--examples" in str(e) and fixtures.EXAMPLES_ENV in str(e) and str(tmp_path) in str(e)
+    else:
+        raise AssertionError("a package without examples must fail with a clear error")
+    monkeypatch.setenv(fixtures.EXAMPLES_ENV, str(repo_examples))
+    assert fixtures.demo_config_path() == repo_examples / "finance_risk" / "pipeline.yaml"
+    # Named explicitly but wrong: no silent fallback to the checkout; the suite is "not measured".
+    out = tmp_path / "r"
+    p = _cli("evaluation", "--examples", str(tmp_path / "nowhere"), "--out", str(out), "--md",
+             str(tmp_path / "B.md"), cwd=tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    err = json.loads((out / "evaluation.json").read_text())["error"]
+    assert "examples/finance_risk" in err and "--examples" in err

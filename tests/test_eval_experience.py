@@ -21,6 +21,9 @@ WRONG = "150/100×100%=195.00%"
 
 
 class Engine:
+    def rule_ids(self, kinds=None):  # "pct" binds every reply, as a terminology rule would
+        return ["pct"]
+
     def compliance(self, output, rule_ids, input_text=""):
         return 1.0 if "%" in output else 0.0
 

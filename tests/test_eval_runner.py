@@ -9,13 +9,11 @@ import pytest
 from mixtune.data.ontology import parse_ontology
 from mixtune.data.schema import Message, Sample
 from mixtune.errors import DataError
+from mixtune.eval.conversation import reference_text, split_prompt, turn_prompts
 from mixtune.eval.runner import (
     evaluate_model,
     read_jsonl,
-    reference_text,
     score_predictions,
-    split_prompt,
-    turn_prompts,
     write_matrix,
 )
 
@@ -37,7 +35,10 @@ ONTO = parse_ontology({
 class FakeEngine:
     """Rule "pct": output has a percent sign; glossary rule "term": no forbidden variant."""
 
-    rules = [{"id": "pct", "kind": "numeric_precision"}, {"id": "term", "kind": "terminology"}]
+    kinds = {"pct": "numeric_precision", "term": "terminology"}
+
+    def rule_ids(self, kinds=None):
+        return [r for r, k in self.kinds.items() if kinds is None or k in kinds]
 
     def compliance(self, output, rule_ids, input_text=""):
         checks = {"pct": "%" in output, "term": "流动覆盖率" not in output}

@@ -9,7 +9,7 @@ import pytest
 
 from mixtune.cli import main
 
-ZH = Path(__file__).resolve().parents[2] / "shared" / "ifeval" / "zh" / "zh_mt.jsonl"
+ZH = Path(__file__).resolve().parent / "data" / "ifeval" / "zh" / "zh_mt.jsonl"
 
 
 def run(argv, capsys):

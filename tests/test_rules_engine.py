@@ -234,3 +234,14 @@ def test_hostile_texts_never_crash_and_spans_stay_in_bounds(engine):
     [f] = engine.check("[" * 100000, rule_ids=["risk_factors_json"])
     assert "too deeply" in f.reason or "not valid JSON" in f.reason
     assert time.perf_counter() - start < 5
+
+
+def test_rule_ids_by_kind(engine):
+    by_kind = {r.id: r.kind for r in engine.ruleset.rules}
+    assert engine.rule_ids() == list(by_kind)
+    assert engine.rule_ids(kinds="terminology") == [r for r, k in by_kind.items() if k == "terminology"] != []
+    both = engine.rule_ids(kinds=("terminology", "pii"))
+    assert both == [r for r, k in by_kind.items() if k in ("terminology", "pii")]
+    assert set(both) > set(engine.rule_ids(kinds=["pii"])) != set()
+    with pytest.raises(ValueError, match="unknown rule kinds \\['glossary'\\]"):
+        engine.rule_ids(kinds=["glossary"])

@@ -14,6 +14,7 @@ import sys
 import typer
 from rich.console import Console
 
+import mixtune.commands
 from mixtune.errors import MixtuneError
 
 app = typer.Typer(
@@ -28,9 +29,7 @@ err_console = Console(stderr=True)
 
 
 def _register_commands() -> None:
-    import mixtune.commands as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules(mixtune.commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"mixtune.commands.{info.name}")

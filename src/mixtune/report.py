@@ -33,13 +33,13 @@ def _json(path: Path):
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _plt().close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
 
 
 def _plt():
+    """pyplot on the headless Agg backend."""
+    # why: the backend must be chosen before pyplot loads, and matplotlib (~0.3 s) only when plotting
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,11 +1,13 @@
 """mixtune.bench: the benchmark harness behind ``mixtune bench`` / ``make bench``.
 
 ``SUITES`` maps a suite name to ``run(ctx) -> dict``; ``run_benchmarks`` runs a selection into a
-results folder and regenerates BENCHMARKS.md. Suite modules import torch/transformers lazily.
+results folder and regenerates BENCHMARKS.md. Suite modules (torch, transformers) are imported only
+when their suite runs, so `mixtune bench --help` and the harness stay light.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +15,9 @@ from mixtune.bench.harness import Context, command_line, render_markdown, run_su
 
 
 def _lazy(module: str, fn: str = "run") -> Callable[[Context], dict]:
-    def call(ctx: Context) -> dict:
-        import importlib
+    """A suite entry that imports its module (torch, transformers, trl) only when it runs."""
 
+    def call(ctx: Context) -> dict:
         return getattr(importlib.import_module(f"mixtune.bench.{module}"), fn)(ctx)
 
     return call

@@ -18,10 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from mixtune.bench.fixtures import REPO
+from mixtune.bench.fixtures import finance_dir
 from mixtune.bench.harness import Context, row, summarize
-
-FINANCE = REPO / "examples" / "finance_risk"
+from mixtune.data.generate import generate_samples
+from mixtune.data.lineage import synthetic_lineage, trace_task
+from mixtune.data.ontology import load_ontology
+from mixtune.data.validate import validate_stream
+from mixtune.rules import RuleEngine, RuleSet
 
 
 def _peak_rss_mib() -> float:
@@ -33,13 +36,9 @@ def _peak_rss_mib() -> float:
 
 def validate_child(n: int, pool: int = 4000, seed: int = 0) -> dict:
     """Stream ``n`` samples through ``validate_stream``; runs inside the child process."""
-    from mixtune.data.generate import generate_samples
-    from mixtune.data.ontology import load_ontology
-    from mixtune.data.validate import validate_stream
-    from mixtune.rules import RuleEngine, RuleSet
-
-    onto = load_ontology(FINANCE / "ontology.yaml")
-    engine = RuleEngine(RuleSet.load(FINANCE / "rules.yaml"))
+    finance = finance_dir()
+    onto = load_ontology(finance / "ontology.yaml")
+    engine = RuleEngine(RuleSet.load(finance / "rules.yaml"))
     rules_for = {t.id: list(t.rule_ids) for t in onto.tasks.values()}
     distinct = generate_samples(onto, n_per_task=max(1, pool // len(onto.tasks)), seed=seed, defect_rate=0.05)
     rss_before = _peak_rss_mib()
@@ -75,8 +74,6 @@ def run_validation(ctx: Context) -> dict:
 
 
 def run_trace(ctx: Context) -> dict:
-    from mixtune.data.lineage import synthetic_lineage, trace_task
-
     n = 10_000_000 if ctx.full else 200_000
     path = ctx.work / f"lineage_{n}.parquet"
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from mixtune.bench import fixtures as F
+from mixtune.bench import fixtures
 from mixtune.bench.harness import Context, row
 
 QUICK = ["data.n_per_task=6", "stage1.steps=4", "stage2.steps=4", "stage1.eval_every=4", "stage2.eval_every=2",
@@ -25,7 +25,7 @@ QUICK = ["data.n_per_task=6", "stage1.steps=4", "stage2.steps=4", "stage1.eval_e
 def run(ctx: Context) -> dict:
     name = "bench_demo" if ctx.full else "bench_demo_quick"
     overrides = [f"name={name}", f"output_dir={(ctx.work / 'runs').resolve()}"] + ([] if ctx.full else QUICK)
-    cmd = [sys.executable, "-m", "mixtune", "run", str(F.DEMO_CONFIG), *overrides, "--fresh"]
+    cmd = [sys.executable, "-m", "mixtune", "run", str(fixtures.demo_config_path()), *overrides, "--fresh"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 
-from mixtune.bench import throughput as T
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mixtune.bench import throughput
 from mixtune.bench.harness import Context, row, summarize
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
     """Best FLOP/s of an n×n matmul in the given dtype (2·n³ FLOPs per product)."""
-    import torch
-
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.matmul(a, b)  # warm-up: thread pool, kernels
@@ -32,16 +33,13 @@ def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
 
 
 def run(ctx: Context) -> dict:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    sz, base, stage1, model, _ = T.setup(ctx)
+    sz, base, stage1, model, _ = throughput.setup(ctx)
     mc = AutoConfig.from_pretrained(model)
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model).parameters())
     tps, seq = [], []
     peaks = {"bf16": [], "fp32": []}
     for _ in range(ctx.repetitions):  # interleaved so load drift hits peak and training alike
-        r = T.mixtune_run(base, stage1, model, ctx.work, sz["steps"])
+        r = throughput.mixtune_run(base, stage1, model, ctx.work, sz["steps"])
         tps.append(r["tokens_per_s"])
         seq.append(r["mean_seq_len"])
         for k in peaks:

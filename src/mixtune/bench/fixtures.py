@@ -11,20 +11,61 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import os
 from pathlib import Path
 
-from mixtune.config import PipelineConfig, load_config
+import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[3]
-DEMO_CONFIG = REPO / "examples" / "finance_risk" / "pipeline.yaml"
+from mixtune.bench.harness import EXAMPLES_ENV
+from mixtune.config import PipelineConfig, load_config
+from mixtune.data.difficulty import DifficultyScorer
+from mixtune.data.generate import generate_samples
+from mixtune.data.ontology import load_ontology
+from mixtune.data.perturb import perturb_samples
+from mixtune.data.schema import samples_to_table, table_to_samples
+from mixtune.errors import ConfigError
+from mixtune.model.tiny import build_tiny_model
+
 # Quick tier: a smaller model so every suite's quick run fits the 2-minute budget on 2 cores.
 QUICK_SHAPE = {"vocab_size": 600, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 2,
                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 
 
+def examples_dir() -> Path:
+    """The ``examples`` folder whose ``finance_risk`` example every benchmark trains on.
+
+    ``$MIXTUNE_EXAMPLES`` when set (``mixtune bench --examples`` sets it), else the source
+    checkout this package runs from (an editable install), else ``./examples``. A pip-installed
+    package ships no examples, so without a clone this is one clear error, not a missing file
+    deep inside a suite.
+    """
+    candidates = [Path(os.environ[EXAMPLES_ENV])] if os.environ.get(EXAMPLES_ENV) else [
+        Path(__file__).resolve().parents[3] / "examples",  # src/mixtune/bench/fixtures.py -> repo root
+        Path.cwd() / "examples",
+    ]
+    for folder in candidates:
+        if (folder / "finance_risk" / "pipeline.yaml").is_file():
+            return folder
+    raise ConfigError(
+        "benchmarks need the repository's examples/finance_risk (not part of a pip install); run from a "
+        f"clone or pass --examples PATH_TO/examples (or set {EXAMPLES_ENV})",
+        where=", ".join(str(c) for c in candidates),
+    )
+
+
+def finance_dir() -> Path:
+    """``examples/finance_risk``: ontology, rules and the demo pipeline config."""
+    return examples_dir() / "finance_risk"
+
+
+def demo_config_path() -> Path:
+    """The demo pipeline config ``make demo`` runs."""
+    return finance_dir() / "pipeline.yaml"
+
+
 @functools.lru_cache(maxsize=1)
 def _demo_config() -> PipelineConfig:
-    return load_config(DEMO_CONFIG, [])
+    return load_config(demo_config_path(), [])
 
 
 def demo_config() -> PipelineConfig:
@@ -50,11 +91,6 @@ def _split(sample_id: str, seed: int, val: float, test: float) -> str:
 
 
 def _fallback_dataset(cfg: PipelineConfig, n_per_task: int, seed: int) -> list:
-    from mixtune.data.difficulty import DifficultyScorer
-    from mixtune.data.generate import generate_samples
-    from mixtune.data.ontology import load_ontology
-    from mixtune.data.perturb import perturb_samples
-
     onto = load_ontology(cfg.resolve(cfg.data.ontology))
     scorer = DifficultyScorer()
     samples = generate_samples(onto, n_per_task=n_per_task, seed=seed, defect_rate=0.0,
@@ -76,20 +112,14 @@ def _fallback_dataset(cfg: PipelineConfig, n_per_task: int, seed: int) -> list:
 
 def load_dataset(work: Path, *, n_per_task: int, seed: int, cfg: PipelineConfig | None = None) -> tuple[list, str]:
     """Samples for the benchmarks and a note on how they were produced (cached under ``work``)."""
-    from mixtune.data.schema import samples_to_table, table_to_samples
-
     cfg = cfg or demo_config()
     cache = work / f"data_n{n_per_task}_s{seed}_v{cfg.data.value_pool}.parquet"
     if cache.is_file():
-        import pyarrow.parquet as pq
-
         return table_to_samples(pq.read_table(cache)), cache.with_suffix(".src").read_text()
     work.mkdir(parents=True, exist_ok=True)
     source = (f"generate_samples(value_pool={cfg.data.value_pool}) + DifficultyScorer + perturb_samples, "
               "hash split, defect_rate 0")
     samples = _fallback_dataset(cfg, n_per_task, seed)
-    import pyarrow.parquet as pq
-
     pq.write_table(samples_to_table(samples), cache)
     cache.with_suffix(".src").write_text(source)
     return samples, source
@@ -97,8 +127,6 @@ def load_dataset(work: Path, *, n_per_task: int, seed: int, cfg: PipelineConfig 
 
 def tiny_model(work: Path, samples: list, shape: dict, seed: int = 0) -> str:
     """Build (once per shape/seed) the built-in tiny model on the training texts; returns its path."""
-    from mixtune.model.tiny import build_tiny_model
-
     key = hashlib.sha256(repr((sorted(shape.items()), seed, len(samples))).encode()).hexdigest()[:10]
     out = work / f"model_{key}"
     if not (out / "config.json").is_file():

@@ -22,6 +22,11 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
+from mixtune.release.server import ServerThread
+from mixtune.release.store import ShadowStore
+
 _ANSWER = json.dumps({
     "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "流动性覆盖率为150.00%。"},
@@ -57,8 +62,6 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _drive(direct_url: str, gw_url: str, n: int, concurrency: int, deadline_s: float):
-    import httpx
-
     body = {"model": "any", "messages": [{"role": "user", "content": "流动性覆盖率是多少？电话13812345678"}],
             "max_tokens": 16, "temperature": 0}
     direct, via = [], []
@@ -89,8 +92,6 @@ def _free_port() -> int:
 
 
 def _wait_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -118,8 +119,6 @@ def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, war
     Client (this process), fake upstreams and the gateway run in three processes, as in production,
     so the gateway's cost is not inflated by sharing one interpreter lock with the load generator.
     """
-    from mixtune.release.store import ShadowStore
-
     if n_requests < 1 or concurrency < 1:
         raise ValueError("n_requests and concurrency must be >= 1")
     procs: list[subprocess.Popen] = []
@@ -158,8 +157,6 @@ def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, war
 
 def _serve_fakes(ports: list[int]) -> None:
     """Serve the fake upstream on each port until SIGTERM (the benchmark's upstream process)."""
-    from mixtune.release.server import ServerThread
-
     servers = [ServerThread(fake_upstream, port=p).start() for p in ports]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

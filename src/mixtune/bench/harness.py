@@ -20,8 +20,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
+#: Environment variable naming the repository's ``examples`` folder (``mixtune bench --examples``);
+#: here, not in fixtures, so the CLI can name it without importing the data stack.
+EXAMPLES_ENV = "MIXTUNE_EXAMPLES"
 NOTES_START = "<!-- NOTES:START (hand-written, kept when the tables are regenerated) -->"
 NOTES_END = "<!-- NOTES:END -->"
 VERSIONED = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "duckdb", "fastapi",
@@ -67,7 +71,7 @@ def machine_info() -> dict:
         pass
     gpu = None
     try:
-        import torch
+        import torch  # why: machine facts must not load torch for suites that never use it
 
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
@@ -79,8 +83,6 @@ def machine_info() -> dict:
 
 
 def versions() -> dict:
-    from importlib import metadata
-
     out = {}
     for name in ("mixtune", *VERSIONED):
         try:

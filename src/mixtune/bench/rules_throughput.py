@@ -16,22 +16,19 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
+
+from mixtune.bench.fixtures import finance_dir
+from mixtune.data.generate import generate_samples
+from mixtune.data.ontology import load_ontology
+from mixtune.rules import RuleEngine, RuleSet
 
 Item = tuple[str, str, str, "list[str] | None"]
 _ENGINE = None
 
 
-def _finance_dir() -> Path:
-    return Path(__file__).resolve().parents[3] / "examples" / "finance_risk"
-
-
 def build_items(pool: int, seed: int = 0) -> list[Item]:
     """Distinct (sample_id, input, output, rule_ids) items from the finance generator."""
-    from mixtune.data.generate import generate_samples
-    from mixtune.data.ontology import load_ontology
-
-    onto = load_ontology(_finance_dir() / "ontology.yaml")
+    onto = load_ontology(finance_dir() / "ontology.yaml")
     per_task = max(1, pool // max(1, len(onto.tasks)))
     items: list[Item] = []
     for s in generate_samples(onto, n_per_task=per_task, seed=seed, defect_rate=0.05):
@@ -44,8 +41,6 @@ def build_items(pool: int, seed: int = 0) -> list[Item]:
 
 def _init(rules_path: str) -> None:
     global _ENGINE
-    from mixtune.rules import RuleEngine, RuleSet
-
     _ENGINE = RuleEngine(RuleSet.load(rules_path))
 
 
@@ -57,7 +52,7 @@ def _run(chunk: list[Item]) -> tuple[int, float]:
 
 def run(n: int, workers: int, pool: int = 3000, rules_path: str | None = None) -> dict:
     """Validate ``n`` items on ``workers`` processes; returns the measurement as a dict."""
-    rules_path = rules_path or str(_finance_dir() / "rules.yaml")
+    rules_path = rules_path or str(finance_dir() / "rules.yaml")
     items = build_items(pool)
     work = [items[i % len(items)] for i in range(n)]
     if workers <= 1:

@@ -12,19 +12,19 @@ from __future__ import annotations
 import itertools
 import time
 
-from mixtune.bench import fixtures as F
+from mixtune.bench import fixtures
+from mixtune.bench.gateway_overhead import measure_gateway_overhead
 from mixtune.bench.harness import Context, row, summarize
+from mixtune.data.ontology import load_ontology
+from mixtune.eval.runner import score_predictions
+from mixtune.rules import RuleEngine, RuleSet
 
 
 def run_evaluation(ctx: Context) -> dict:
-    from mixtune.data.ontology import load_ontology
-    from mixtune.eval.runner import score_predictions
-    from mixtune.rules import RuleEngine, RuleSet
-
-    cfg = F.demo_config()
+    cfg = fixtures.demo_config()
     onto = load_ontology(cfg.resolve(cfg.data.ontology))
     engine = RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
-    samples, _ = F.load_dataset(ctx.work, n_per_task=40 if ctx.full else 12, seed=ctx.seeds[0], cfg=cfg)
+    samples, _ = fixtures.load_dataset(ctx.work, n_per_task=40 if ctx.full else 12, seed=ctx.seeds[0], cfg=cfg)
     pool = [s for s in samples if not s.parent_id]
     n = 20_000 if ctx.full else 1_000
     batch = list(itertools.islice(itertools.cycle(pool), n))
@@ -49,8 +49,6 @@ def run_evaluation(ctx: Context) -> dict:
 
 
 def run_gateway(ctx: Context) -> dict:
-    from mixtune.bench.gateway_overhead import measure_gateway_overhead
-
     n, conc = (1000, 8) if ctx.full else (100, 4)
     p50, p99, lost, direct50, via_rps = [], [], [], [], []
     for _ in range(ctx.repetitions if ctx.full else 1):

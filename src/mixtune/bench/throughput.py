@@ -17,8 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
-from mixtune.bench import fixtures as F
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from mixtune.bench import fixtures
 from mixtune.bench.harness import Context, row, summarize
+from mixtune.train.stage1 import train_stage1
 
 WARM = 2
 ALL_OFF = {"stage1.consistency.enabled": False, "stage1.adversarial.enabled": False, "stage1.clip.policy": "none",
@@ -41,10 +45,10 @@ def sizes(ctx: Context) -> dict:
 def setup(ctx: Context) -> tuple:
     """Dataset, tiny model and the all-off stage-1 config shared by the throughput runs."""
     sz = sizes(ctx)
-    cfg = F.demo_config()
-    samples, source = F.load_dataset(ctx.work, n_per_task=sz["n_per_task"], seed=ctx.seeds[0], cfg=cfg)
-    model = F.tiny_model(ctx.work, samples, F.model_shape(cfg, ctx.tier), seed=ctx.seeds[0])
-    base = F.with_updates(cfg, {**ALL_OFF, "seed": ctx.seeds[0], "stage1.batch_size": sz["batch_size"],
+    cfg = fixtures.demo_config()
+    samples, source = fixtures.load_dataset(ctx.work, n_per_task=sz["n_per_task"], seed=ctx.seeds[0], cfg=cfg)
+    model = fixtures.tiny_model(ctx.work, samples, fixtures.model_shape(cfg, ctx.tier), seed=ctx.seeds[0])
+    base = fixtures.with_updates(cfg, {**ALL_OFF, "seed": ctx.seeds[0], "stage1.batch_size": sz["batch_size"],
                                 "stage1.max_len": sz["max_len"], "stage1.eval_every": 10_000,
                                 "stage1.checkpoint_every": 10_000, "stage1.warmup_steps": 0})
     stage1 = [s for s in samples if s.stage == 1]
@@ -53,8 +57,6 @@ def setup(ctx: Context) -> tuple:
 
 def mixtune_run(cfg, samples: list, model: str, work: Path, steps: int) -> dict:
     """Train ``steps`` stage-1 steps; tokens/s over the steps after the warm-up ones."""
-    from mixtune.train.stage1 import train_stage1
-
     out = work / f"tp_{time.monotonic_ns()}"
     train_stage1(cfg, samples, model, out, max_steps=steps, progress=False)
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()][WARM:]
@@ -66,9 +68,8 @@ def mixtune_run(cfg, samples: list, model: str, work: Path, steps: int) -> dict:
 
 def trl_run(cfg, samples: list, model_path: str, work: Path, steps: int) -> dict:
     """The same training with ``trl.SFTTrainer`` (prompt-completion data → completion-only loss)."""
-    import torch
+    # why: trl (and datasets through it) is the optional `bench` extra; only this baseline needs it
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     st = cfg.stage1
@@ -110,7 +111,7 @@ def trl_run(cfg, samples: list, model_path: str, work: Path, steps: int) -> dict
 
 def run(ctx: Context) -> dict:
     sz, base, stage1, model, source = setup(ctx)
-    variants = {"all_off": base, **{k: F.with_updates(base, v) for k, v in MECHANISMS.items()}}
+    variants = {"all_off": base, **{k: fixtures.with_updates(base, v) for k, v in MECHANISMS.items()}}
     tps: dict[str, list[float]] = {k: [] for k in ["trl", *variants]}
     seq: list[float] = []
     order = ["trl", *variants]
@@ -141,7 +142,7 @@ def run(ctx: Context) -> dict:
     return {"mixtune_tokens_per_s": mt["median"], "trl_tokens_per_s": trl["median"], "ratio": ratio["median"],
             "ratio_spread": ratio, "mechanisms": costs, "table": rows, "repetitions": ctx.repetitions,
             "mean_seq_len": summarize(seq)["median"],
-            "setup": (f"tiny Llama {F.model_shape(F.demo_config(), ctx.tier)}; {len([s for s in stage1 if s.split == 'train' and not s.parent_id])} "
+            "setup": (f"tiny Llama {fixtures.model_shape(fixtures.demo_config(), ctx.tier)}; {len([s for s in stage1 if s.split == 'train' and not s.parent_id])} "
                       f"clean stage-1 train conversations ({source}); batch {sz['batch_size']}, max_len {sz['max_len']}, "
                       f"{sz['steps']} steps ({WARM} warm-up steps dropped), bf16 autocast, packing off (packing row: "
                       "mixtune's block-diagonal packing only). TRL: prompt-completion conversational data with "

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
+
+from mixtune.bench import SUITES, run_benchmarks
+from mixtune.bench.harness import EXAMPLES_ENV
+from mixtune.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -17,15 +22,19 @@ def register(app: typer.Typer) -> None:
         repetitions: int = typer.Option(None, "--repetitions", min=1, help="repetitions of timed runs (default: 3 full, 1 quick)"),
         md: Path = typer.Option(None, "--md", help="BENCHMARKS.md to regenerate (default: two folders above --out)"),
         work: Path = typer.Option(None, "--work", help="scratch folder for models and runs (default: <out>/../work)"),
+        examples: Path = typer.Option(
+            None, "--examples", envvar=EXAMPLES_ENV,
+            help="the repository's examples/ folder (suites train on examples/finance_risk; default: the "
+                 "source checkout or ./examples — a pip install ships none)"),
     ) -> None:
         """Run benchmark suites; each writes <out>/<suite>.json and BENCHMARKS.md is regenerated from all of them.
 
         Suites: validation, trace, evaluation, gateway, throughput, efficiency, stage1_ablation, mixing, demo.
         A suite whose component fails is recorded as "not measured: <reason>" and the command exits 1.
         """
-        from mixtune.bench import SUITES, run_benchmarks
-        from mixtune.errors import ConfigError
-
+        if examples is not None:
+            # suites and their child processes (the demo's `mixtune run`) find it through the environment
+            os.environ[EXAMPLES_ENV] = str(examples.resolve())
         if tier not in ("quick", "full"):
             raise ConfigError(f"--tier must be quick or full (got {tier!r})")
         names = list(SUITES) if suite == "all" else [s.strip() for s in suite.split(",") if s.strip()]

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from mixtune.errors import ConfigError
+from mixtune.eval.ifeval import DEFAULT_SEED, score_files, write_verdicts
+from mixtune.eval.ifeval.scoring import LANGUAGES
 
 
 def ifeval(
@@ -21,8 +23,11 @@ def ifeval(
     language: str = typer.Option(
         "auto", "--language", help="Counting flavour: auto (Chinese for Chinese prompts), en, zh."
     ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed for IFEval's random-letter fallback (default: conformance seed)."
+    seed: int = typer.Option(
+        DEFAULT_SEED,
+        "--seed",
+        help="Seed for IFEval's random-letter fallback, for reproducible runs. The original draws "
+        "it unseeded, so no seed reproduces a reference run on those prompts.",
     ),
 ) -> None:
     """Score RESPONSES against IFEval-format prompts, strict and loose.
@@ -30,12 +35,9 @@ def ifeval(
     Writes one line per prompt key to --output and prints the four aggregates
     (prompt/instruction level, strict/loose) as one JSON object on the last line.
     """
-    from mixtune.eval.ifeval import DEFAULT_SEED, score_files, write_verdicts
-    from mixtune.eval.ifeval.scoring import LANGUAGES
-
     if language not in LANGUAGES:
         raise ConfigError(f"must be one of {list(LANGUAGES)}, got {language!r}", where="--language")
-    result = score_files(input_data, responses, language, DEFAULT_SEED if seed is None else seed)
+    result = score_files(input_data, responses, language, seed)
     write_verdicts(result, output)
     n_inst = sum(len(v.strict_follow_list) for v in result.verdicts)
     n_zh = sum(v.language == "zh" for v in result.verdicts)

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import typer
+from rich.console import Console
+
+from mixtune.errors import DataError
 
 
 def _items(eval_path: Path, threshold: float) -> list[dict]:
-    from mixtune.errors import DataError
-
     if not eval_path.is_file():
         raise DataError("eval results file not found", where=str(eval_path))
     items = []
@@ -27,8 +28,6 @@ def _items(eval_path: Path, threshold: float) -> list[dict]:
 
 
 def _show(result: dict) -> None:
-    from rich.console import Console
-
     c = Console()
     for t in result.get("tasks", [result] if "by_level" in result else []):
         lv = f" level {t['level']}" if t.get("level") is not None else ""
@@ -52,8 +51,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a summary"),
     ) -> None:
         """Which samples, annotators, rule versions and difficulty levels stand behind a task or failure."""
+        # why: lineage pulls duckdb and pyarrow; imported on use so `mixtune --help` stays fast
         from mixtune.data.lineage import trace_failures, trace_item, trace_task
-        from mixtune.errors import DataError
 
         if sum(x is not None for x in (sample_id, eval_results)) + (task is not None and sample_id is None) == 0:
             raise DataError("give --task, --sample-id or --eval")

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import httpx
+
 from mixtune.errors import CheckpointError, MixtuneError
 
 Conversation = list[dict]
@@ -64,7 +66,7 @@ class HFBackend:
     """
 
     def __init__(self, path: str | Path, *, device: str = "cpu", dtype: str = "fp32", batch_size: int = 32):
-        import torch
+        import torch  # why: torch/transformers/peft load only with a local model (endpoint evals skip them)
 
         if dtype not in ("fp32", "bf16", "fp16"):
             raise MixtuneError(f"unknown dtype {dtype!r}; allowed: fp32, bf16, fp16", where="eval.dtype")
@@ -100,7 +102,7 @@ class HFBackend:
         return cfg.get("base_model_name_or_path")
 
     def _load_tokenizer(self):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # why: heavy, local models only (see __init__)
 
         # Adapters are usually saved with their tokenizer; fall back to the base model's if not.
         candidates = [str(self.path)]
@@ -123,10 +125,10 @@ class HFBackend:
     def _load_model(self, torch_dtype):
         try:
             if self.is_adapter:
-                from peft import AutoPeftModelForCausalLM
+                from peft import AutoPeftModelForCausalLM  # why: heavy, adapters only
 
                 return AutoPeftModelForCausalLM.from_pretrained(str(self.path), dtype=torch_dtype)
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM  # why: heavy, local models only
 
             return AutoModelForCausalLM.from_pretrained(str(self.path), dtype=torch_dtype)
         except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as e:
@@ -145,7 +147,7 @@ class HFBackend:
     def generate(self, conversations: list[Conversation], *, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None) -> list[str]:
         """Generate one completion per conversation (see module docstring)."""
-        import torch
+        import torch  # why: heavy, local models only (see __init__)
 
         if not conversations:
             return []
@@ -174,7 +176,7 @@ class HFBackend:
 
     def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float, top_p: float,
                         stop: list[str] | None) -> list[str]:
-        import torch
+        import torch  # why: heavy, local models only (see __init__)
         from transformers import StoppingCriteriaList
 
         limit = self._prompt_limit(max_new_tokens)
@@ -211,7 +213,7 @@ def _stop_criteria_class():
             self.window = 4 * max((len(s) for s in self.stop), default=1) + 8
 
         def __call__(self, input_ids, scores, **kwargs):
-            import torch
+            import torch  # why: heavy, local models only (see HFBackend.__init__)
 
             tail = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):]
             texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
@@ -240,8 +242,6 @@ class OpenAIBackend:
     def __init__(self, base_url: str, *, api_key: str | None = None, model: str, concurrency: int = 4,
                  timeout: float = 30, retries: int = 2, backoff: float = 0.5,
                  transport=None, sleep: Callable[[float], None] = time.sleep):
-        import httpx
-
         if concurrency < 1:
             raise MixtuneError("concurrency must be >= 1", where="eval.concurrency")
         base = base_url.rstrip("/")
@@ -277,8 +277,6 @@ class OpenAIBackend:
             return list(pool.map(one, conversations))  # map keeps input order
 
     def _post(self, body: dict) -> str:
-        import httpx
-
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:

@@ -21,12 +21,13 @@ one batch, so the cost is one extra backend pass per script, not one per dialogu
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
 from mixtune.data.schema import Sample
 from mixtune.eval.backends import Backend
-from mixtune.eval.runner import generate_all, prompt_text, split_prompt
+from mixtune.eval.conversation import generate_all, prompt_text, split_prompt
 
 KINDS = ("follow_up", "contradiction", "vague", "perturbed_repeat")
 # Rule kinds that must hold in any reply, whatever was asked (see ExperienceAgent._any_turn_rules).
@@ -75,8 +76,6 @@ def wrong_claim(reference: str) -> str:
     The result is taken to be the last decimal number (answers print ``a/b×100%=r%``, so earlier
     numbers are inputs); without decimals the first number, without numbers a reversed conclusion.
     """
-    import re
-
     nums = re.findall(r"\d+(?:\.\d+)?", reference)
     if not nums:
         return "结论应该恰好相反"
@@ -98,8 +97,6 @@ class LLMJudge:
 
     def score_many(self, items: list[tuple[list[dict], str, str]]) -> list[float | None]:
         """``items`` = (conversation, reply, reference); unparsable verdicts give ``None``."""
-        import re
-
         prompts = [[{"role": "user", "content": self.PROMPT.format(
             dialogue="\n".join(f"{m['role']}: {m['content']}" for m in conv), reference=ref, reply=reply)}]
             for conv, reply, ref in items]
@@ -150,11 +147,8 @@ class ExperienceAgent:
         A follow-up asks a different question, so the answer's format rules (grade label,
         required sections, numeric template) would fail a perfectly good reply.
         """
-        rules = getattr(getattr(self.engine, "ruleset", None), "rules", None)
-        if rules is None:
-            return list(task.rule_ids)
-        kinds = {r.id: r.kind for r in rules}
-        return [r for r in task.rule_ids if kinds.get(r) in ANY_TURN_KINDS]
+        binding = set(self.engine.rule_ids(kinds=ANY_TURN_KINDS))
+        return [r for r in task.rule_ids if r in binding]
 
     def _correct(self, reply: str, sample: Sample, task) -> float:
         # A chain's KPIs read all steps; the earlier ones are the gold turns the dialogue started from.

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from rich.table import Table
+
 LAYERS = ("base", "business", "experience")
 
 
@@ -60,8 +62,6 @@ def layer_means(matrix: dict, model: str) -> dict[str, dict[str, float]]:
 
 def render_summary(summary: dict[str, dict[str, float]]):
     """A rich table: one row per family, one column per model."""
-    from rich.table import Table
-
     models = list(summary)
     families = sorted({f for fams in summary.values() for f in fams})
     table = Table(title="mean primary score per task family")

@@ -6,6 +6,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 
 @contextmanager
 def progress_bar(desc: str, *, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
@@ -13,9 +16,6 @@ def progress_bar(desc: str, *, total: int, enabled: bool = True) -> Iterator[Cal
     if not enabled or total <= 0:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(file=sys.stderr), transient=False) as prog:
         task = prog.add_task(desc, total=total)

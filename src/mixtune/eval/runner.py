@@ -23,91 +23,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mixtune.data.kpis import score as score_kpi
 from mixtune.data.schema import Sample
 from mixtune.errors import DataError
 from mixtune.eval.backends import Backend
-from mixtune.eval.progress import progress_bar
+from mixtune.eval.conversation import generate_all, prompt_text, reference_text, turn_prompts
+from mixtune.eval.experience import ExperienceAgent
+from mixtune.eval.ifeval import score_responses
+from mixtune.eval.matrix import aggregate
 from mixtune.jsonl import read_jsonl_objects
 
 KpiFn = Callable[[str, str, Sample, Any], float]
-GEN_CHUNK = 64  # conversations per backend call: bounds memory and gives the progress bar ticks
 
 
-def split_prompt(sample: Sample) -> tuple[list[dict], str]:
-    """Conversation up to the last assistant turn (earlier gold turns kept) and that turn's text."""
-    convs = turn_prompts(sample)
-    msgs = sample.messages
-    last = next((m.content for m in reversed(msgs) if m.role == "assistant"), sample.output)
-    return convs[-1], last
-
-
-def turn_prompts(sample: Sample) -> list[list[dict]]:
-    """One conversation per assistant turn, each ending just before that turn.
-
-    Every turn of a chain is generated with the *gold* earlier turns as context (teacher
-    forcing), so the final step is judged on its own merit and an early slip does not cascade;
-    the KPI functions then see all generated steps joined, as they expect.
-    """
-    msgs = [{"role": m.role, "content": m.content} for m in sample.messages]
-    ends = [i for i, m in enumerate(msgs) if m["role"] == "assistant"] or [len(msgs)]
-    convs = [msgs[:i] for i in ends]
-    for conv in convs:
-        if not any(m["role"] == "user" for m in conv):
-            raise DataError("an assistant turn has no user turn before it", where=f"sample {sample.id or sample.task_id}")
-    return convs
-
-
-def reference_text(sample: Sample) -> str:
-    """Gold answer: all assistant turns joined by newlines (``output`` when there are none)."""
-    turns = [m.content for m in sample.messages if m.role == "assistant"]
-    return "\n".join(turns) if turns else sample.output
-
-
-def prompt_text(conv: list[dict]) -> str:
-    """The user-visible input as one string (rules that check against the input read it)."""
-    return "\n".join(m["content"] for m in conv if m["role"] != "system")
-
-
-def generate_all(backend: Backend, conversations: list[list[dict]], *, max_new_tokens: int, desc: str,
-                 progress: bool = True, seed: int | None = 0) -> list[str]:
-    """Generate for many conversations in chunks, shortest-similar together, order preserved."""
-    order = sorted(range(len(conversations)), key=lambda i: -sum(len(m["content"]) for m in conversations[i]))
-    out: list[str] = [""] * len(conversations)
-    with progress_bar(desc, total=len(conversations), enabled=progress) as advance:
-        for start in range(0, len(order), GEN_CHUNK):
-            idx = order[start:start + GEN_CHUNK]
-            texts = backend.generate([conversations[i] for i in idx], max_new_tokens=max_new_tokens, seed=seed)
-            for i, t in zip(idx, texts, strict=True):
-                out[i] = t
-            advance(len(idx))
-    return out
-
-
-def glossary_rule_ids(engine: Any) -> list[str]:
-    """Ids of the engine's terminology (glossary) rules, for the terminology-accuracy metric."""
-    # mixtune.rules.RuleEngine keeps its rules on .ruleset; duck-typed engines may expose .rules
-    rules = getattr(getattr(engine, "ruleset", None), "rules", None) or getattr(engine, "rules", None) or {}
-    items = rules.values() if isinstance(rules, dict) else rules
-    out = []
-    for r in items:
-        kind = getattr(r, "kind", None) or getattr(r, "type", None) or (r.get("kind") if isinstance(r, dict) else None)
-        rid = getattr(r, "id", None) or (r.get("id") if isinstance(r, dict) else None)
-        if rid and kind in ("terminology", "glossary"):
-            out.append(rid)
-    return out
-
-
-def _kpi_fn() -> KpiFn:
-    from mixtune.data.kpis import score
-
-    return score
+#: Rule kinds whose rules make up the terminology-accuracy metric.
+GLOSSARY_KINDS = ("terminology",)
 
 
 def score_predictions(samples: list[Sample], predictions: list[str], ontology: Any, engine: Any, *,
                       model_name: str, kpi_fn: KpiFn | None = None) -> list[dict]:
     """Base + business records for already generated predictions (no model needed)."""
-    kpi = kpi_fn or _kpi_fn()
-    glossary = glossary_rule_ids(engine)
+    kpi = kpi_fn or score_kpi
+    glossary = engine.rule_ids(kinds=GLOSSARY_KINDS)
     records: list[dict] = []
     for s, pred in zip(samples, predictions, strict=True):
         task = ontology.task(s.task_id)
@@ -136,8 +73,6 @@ def _unit(x: float) -> float:
 def evaluate_ifeval(backend: Backend, prompts: list[dict], *, model_name: str, max_new_tokens: int,
                     progress: bool = True) -> list[dict]:
     """Run IFEval-format prompts (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``)."""
-    from mixtune.eval.ifeval import score_responses
-
     for i, p in enumerate(prompts):
         if "prompt" not in p or "instruction_id_list" not in p:
             raise DataError("IFEval prompt needs 'prompt' and 'instruction_id_list'", where=f"ifeval prompt {i}")
@@ -187,9 +122,7 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
         records += evaluate_ifeval(backend, ifeval_prompts, model_name=model_name,
                                    max_new_tokens=max_new_tokens, progress=progress)
     if experience and samples:
-        from mixtune.eval.experience import ExperienceAgent
-
-        agent = ExperienceAgent(backend, ontology, engine, kpi_fn=kpi_fn or _kpi_fn(),
+        agent = ExperienceAgent(backend, ontology, engine, kpi_fn=kpi_fn or score_kpi,
                                 max_new_tokens=max_new_tokens, judge=judge, seed=seed)
         chosen = agent.select(samples, per_task=experience_per_task)
         records += agent.run(chosen, model_name=model_name, first_answers=last_turn, progress=progress)
@@ -219,8 +152,6 @@ def write_matrix(records_by_model: dict[str, list[dict]], out_dir: Path) -> dict
     summary: model → task family → mean primary score in [0, 1]; a family is scored on its
     business layer, falling back to the base layer for record kinds without one (IFEval).
     """
-    from mixtune.eval.matrix import aggregate
-
     matrix, summary = aggregate(records_by_model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,16 @@ class RuleEngine:
             self._rules[r.id] = _Compiled(r, check, when.get("input_regex"), when.get("output_regex"))
         self._default = [c for c in self._rules.values() if not c.rule.opt_in]
         self._selection: dict[tuple[str, ...], list[_Compiled]] = {}
+
+    def rule_ids(self, kinds: str | Iterable[str] | None = None) -> list[str]:
+        """Ids of the rules of ``kinds`` (one kind or several; all rules when ``None``), in file order."""
+        if kinds is None:
+            return [r.id for r in self.ruleset.rules]
+        wanted = {kinds} if isinstance(kinds, str) else set(kinds)
+        unknown = sorted(wanted - set(CHECKS))
+        if unknown:  # a typo would otherwise silently select nothing
+            raise ValueError(f"unknown rule kinds {unknown}; allowed: {sorted(CHECKS)}")
+        return [r.id for r in self.ruleset.rules if r.kind in wanted]
 
     def _select(self, rule_ids: list[str] | tuple[str, ...] | None) -> list[_Compiled]:
         if rule_ids is None:

@@ -5,6 +5,16 @@ instruction when any of eight variants passes: the response with its first line,
 both removed, each with and without ``*`` characters. An empty (whitespace) response or variant
 never passes. Aggregates are computed exactly as IFEval reports them: prompt level is the share
 of prompts whose instructions all pass, instruction level the share of all instructions.
+
+Randomness. The original checker decides some instructions with an unseeded random draw:
+``keywords:letter_frequency`` with a ``letter`` that is not one ASCII letter counts a random
+letter, and ``language:response_language``, ``change_case:english_capital`` and
+``change_case:english_lowercase`` end in ``langdetect``, which samples at random.
+:func:`~mixtune.eval.ifeval.checkers.random_in_reference` names them. Those reference verdicts
+cannot be reproduced by any scorer, so conformance is measured on everything else
+(:func:`deterministic_part`). Here the letter comes from a seeded RNG and langdetect is seeded,
+so a run is reproducible; :data:`DEFAULT_SEED` is an arbitrary value, not one tuned to agree
+with any reference file.
 """
 
 from __future__ import annotations
@@ -16,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixtune.errors import DataError
-from mixtune.eval.ifeval import text as T
-from mixtune.eval.ifeval.checkers import INSTRUCTIONS, validate_kwargs
+from mixtune.eval.ifeval.checkers import INSTRUCTIONS, random_in_reference, validate_kwargs
+from mixtune.eval.ifeval.text import is_chinese_text
 from mixtune.jsonl import read_jsonl_objects
 
 LANGUAGES = ("auto", "en", "zh")
-#: Seed for IFEval's random-letter fallback (see ``checkers._prepare_letter``). The published
-#: reference drew those letters from an unseeded RNG; 3 is the smallest seed whose draws agree
-#: with the reference's verdicts on the two affected instructions (keys 1122 and 1129).
-DEFAULT_SEED = 3
+#: Seed for IFEval's random-letter fallback (see ``checkers._prepare_letter``), for
+#: reproducibility only: the reference drew its letters unseeded, so no seed "matches" it.
+DEFAULT_SEED = 0
 AGGREGATE_KEYS = (
     "prompt_level_strict",
     "instruction_level_strict",
@@ -99,7 +108,7 @@ def resolve_language(prompt: Mapping, language: str = "auto") -> str:
     for kw in prompt.get("kwargs") or []:
         if str((kw or {}).get("language") or "").lower().startswith("zh"):
             return "zh"
-    return "zh" if T.is_chinese_text(str(prompt.get("prompt", ""))) else "en"
+    return "zh" if is_chinese_text(str(prompt.get("prompt", ""))) else "en"
 
 
 def _validate_prompt(prompt: Mapping, where: str) -> list[dict]:
@@ -171,6 +180,32 @@ def aggregate(verdicts: Sequence[PromptVerdict]) -> dict[str, float]:
     return {k: out[k] for k in AGGREGATE_KEYS}
 
 
+def deterministic_part(prompts: Sequence[Mapping], verdicts: Sequence[PromptVerdict]) -> list[PromptVerdict]:
+    """``verdicts`` without the instructions the original checker decides at random.
+
+    ``prompts`` are the IFEval prompt dicts the verdicts belong to (same order). Each verdict
+    keeps its other instructions; a prompt left with none is dropped, so :func:`aggregate` of
+    the result is the conformance measure (prompt level: all remaining instructions pass).
+    """
+    if len(prompts) != len(verdicts):
+        raise ValueError(f"{len(prompts)} prompts but {len(verdicts)} verdicts")
+    out = []
+    for p, v in zip(prompts, verdicts):
+        kwargs = p.get("kwargs") or [{} for _ in v.instruction_id_list]
+        keep = [i for i, (iid, kw) in enumerate(zip(v.instruction_id_list, kwargs)) if not random_in_reference(iid, kw)]
+        if keep:
+            out.append(
+                PromptVerdict(
+                    v.key,
+                    [v.instruction_id_list[i] for i in keep],
+                    [v.strict_follow_list[i] for i in keep],
+                    [v.loose_follow_list[i] for i in keep],
+                    v.language,
+                )
+            )
+    return out
+
+
 def _where(i: int, p: object) -> str:
     key = p.get("key") if isinstance(p, Mapping) else None
     return f"prompt #{i + 1} (key {key!r})"
@@ -187,7 +222,8 @@ def score_responses(
     ``responses`` is either a list aligned with ``prompts`` or, as in the original tool, a
     mapping from prompt text to response. ``language`` is ``"auto"`` (Chinese counting for
     Chinese prompts, the original English behaviour otherwise), ``"en"`` or ``"zh"``.
-    ``seed`` fixes the original's random-letter fallback (see :data:`DEFAULT_SEED`).
+    ``seed`` fixes the original's random-letter fallback (see :data:`DEFAULT_SEED`); it cannot
+    make those verdicts agree with a reference run, see :func:`deterministic_part`.
     """
     resolve_language({}, language)  # validate early, before any work
     if isinstance(responses, Mapping):

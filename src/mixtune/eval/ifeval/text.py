@@ -23,7 +23,7 @@ from mixtune.errors import MixtuneError
 
 #: CJK unified ideographs (basic + extension A + compatibility), the "Chinese characters".
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
+CJK_CHAR = re.compile(f"[{_CJK}]")
 # A latin/number word inside Chinese text: a \w run without CJK characters in it; "3.5" and
 # "don't" stay one word.
 _NON_CJK_WORD = re.compile(f"[^\\W{_CJK}]+(?:[.'][^\\W{_CJK}]+)*")
@@ -77,7 +77,7 @@ def read_punkt_literals(path: Path) -> dict[str, object]:
 @functools.lru_cache(maxsize=1)
 def punkt_tokenizer():
     """NLTK's ``PunktSentenceTokenizer`` with the English parameters (cached)."""
-    try:
+    try:  # why: nltk costs ~0.3 s to import and only sentence counting needs it
         from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
     except ImportError as e:  # pragma: no cover - dependency missing
         raise MixtuneError("the 'nltk' package is required for IFEval scoring") from e
@@ -93,7 +93,7 @@ def punkt_tokenizer():
 
 @functools.lru_cache(maxsize=1)
 def _treebank():
-    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize import NLTKWordTokenizer  # why: heavy (see punkt_tokenizer), needed on first use
 
     return NLTKWordTokenizer()
 
@@ -126,7 +126,7 @@ def sentences_zh(text: str) -> list[str]:
 
 def words_zh(text: str) -> list[str]:
     """Chinese-aware words: each CJK character, plus every latin/number run."""
-    return _CJK_CHAR.findall(text) + _NON_CJK_WORD.findall(text)
+    return CJK_CHAR.findall(text) + _NON_CJK_WORD.findall(text)
 
 
 # --------------------------------------------------------------------- dispatch
@@ -142,7 +142,7 @@ def count_sentences(text: str, lang: str) -> int:
 
 def is_chinese_text(text: str) -> bool:
     """True when CJK characters outnumber latin words (a Chinese prompt quoting English)."""
-    return len(_CJK_CHAR.findall(text)) > len(_LATIN_WORD.findall(text))
+    return len(CJK_CHAR.findall(text)) > len(_LATIN_WORD.findall(text))
 
 
 _KANA_HANGUL = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uac00-\ud7af\u1100-\u11ff]")
@@ -154,7 +154,7 @@ def is_chinese_script(text: str) -> bool:
     langdetect misreads short Chinese replies (东京/京都 can come out as ``ko``); the script
     is a more reliable signal for "answered in Chinese".
     """
-    n_cjk = len(_CJK_CHAR.findall(text))
+    n_cjk = len(CJK_CHAR.findall(text))
     return is_chinese_text(text) and len(_KANA_HANGUL.findall(text)) * 10 < n_cjk
 
 
@@ -165,6 +165,7 @@ def normalize_zh(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _seeded_langdetect():
+    # why: imported with its seed set, once, on the first check that detects a language
     import langdetect
     from langdetect import DetectorFactory
 
