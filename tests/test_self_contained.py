@@ -25,7 +25,9 @@ def offending_lines(root: Path) -> list[str]:
     hits = []
     for folder in ("src", "tests"):
         for path in sorted((root / folder).rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts:
+            # Build metadata (egg-info) is generated from README by pip, not written by hand.
+            if not path.is_file() or "__pycache__" in path.parts or any(
+                    part.endswith(".egg-info") for part in path.parts):
                 continue
             try:
                 text = path.read_text(encoding="utf-8")
