@@ -104,8 +104,12 @@ def next_item(store: ReviewStore, reviewer: Reviewer, queue: str, *, required: i
              and (r.kind != "output" or r.model_version in active)]
     rank = {s: i for i, s in enumerate(want)}
     cands.sort(key=lambda r: (rank[st[r.id].state], r.seq))
-    later = [r for r in cands if r.seq > after] or cands  # wrap around after the last item
-    return (store.item(later[0].id) if later else None), len(cands)
+    pos = next((i for i, r in enumerate(cands) if r.seq == after), None)
+    if pos is not None:  # "next" on an item: the one after it in queue order, wrapping around
+        cands_after = cands[pos + 1:] + cands[:pos + 1]
+    else:
+        cands_after = [r for r in cands if r.seq > after] or cands
+    return (store.item(cands_after[0].id) if cands_after else None), len(cands)
 
 
 def submit(store: ReviewStore, registry: Reviewers, reviewer: Reviewer, item_id: str, verdict: str, *,
