@@ -71,6 +71,9 @@ def test_double_submit_two_reviewers_and_retired_version_over_http(client, store
     store.retire_model_version("m2")
     r = client.post("/api/verdict", headers=_bearer("alice"), json={"item_id": "calc_lcr-m2-0", "verdict": "approve"})
     assert r.status_code == 410 and "no longer registered" in r.json()["error"]
+    home = client.get("/", headers=_bearer("judy"))
+    assert home.status_code == 200 and 'data-reviewer="alice"' in home.text and 'data-task="calc_lcr"' in home.text
+    assert client.get("/queue/adjudication", headers=_bearer("alice")).status_code == 403
     st = client.get("/api/status", headers=_bearer("judy")).json()
     assert st["queues"]["adjudication"] == {"waiting": 1, "total": 1}
     assert st["rejection"]["calc_lcr"]["n"] == 2

@@ -74,10 +74,10 @@ def create_app(store: ReviewStore, reviewers: Reviewers, *, reasons: dict[str, l
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE)
         return reviewers.authenticate(token)
 
-    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(name: str, code: int = 200, **ctx: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
         html = env.get_template(name).render(title=title, nonce=nonce, queues=list(QUEUES), **ctx)
-        return HTMLResponse(html, status_code=status, headers={
+        return HTMLResponse(html, status_code=code, headers={
             "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; "
                                        f"style-src 'nonce-{nonce}'; connect-src 'self'; img-src 'self'; "
                                        f"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
