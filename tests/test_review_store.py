@@ -202,3 +202,31 @@ def test_concurrent_reviewers_in_two_processes(store, tmp_path):
     assert len(by["alice"]) == n and len(by["bob"]) == n
     assert sorted(by["shared"]) == sorted(set(by["shared"])) and len(by["shared"]) == n  # no duplicate
     assert all(s.state == "decided" for s in states(store).values())
+
+
+def test_samples_enter_the_data_queue_and_decisions_name_both_reviewers(store):
+    from mixtune.data.schema import Message, Sample
+    from mixtune.review.items import enqueue_samples, sample_decisions
+
+    answer = "LCR = 125.00%，保证收益"
+    good = Sample(task_id="calc_lcr", family="calc", messages=[Message(role="user", content="算 LCR"),
+                                                               Message(role="assistant", content=answer)],
+                  rule_results='[{"rule_id": "sensitive_words", "severity": "error", "reason": "承诺", '
+                               '"span": [12, 16]}, {"rule_id": "x", "severity": "warning", "span": [0, 999]}]'
+                  ).with_id()
+    other = Sample(task_id="calc_lcr", family="calc", messages=[Message(role="user", content="算 CAR"),
+                                                                Message(role="assistant", content="12%")]).with_id()
+    assert enqueue_samples(store, [good, other], data_version="d7") == 2
+    assert enqueue_samples(store, [good], data_version="d7") == 0
+    it = store.item(good.id)
+    assert (it.kind, it.output, it.version) == ("sample", answer, "d7")
+    assert [(f["start"], f["end"]) for f in it.findings] == [(12, 16), (0, 0)]  # bad span kept, span-less
+    reg = registry()
+    it, _ = next_item(store, reg.by_id["alice"], "data")
+    assert it.id == good.id
+    for who in ("alice", "bob"):
+        submit(store, reg, reg.by_id[who], good.id, "approve")
+    submit(store, reg, reg.by_id["alice"], other.id, "needs_fix", reason="算术错误")
+    got = sample_decisions(store)
+    assert list(got) == [good.id]
+    assert got[good.id]["decision"] == "approve" and got[good.id]["reviewers"] == ["alice", "bob"]

@@ -6,6 +6,7 @@
 - :mod:`mixtune.review.app` — ``mixtune review serve`` (pages + JSON API)
 - :mod:`mixtune.review.simulated` — the simulated reviewer and the stage-2 sampling hook
 - :mod:`mixtune.review.exchange` — CSV / Label Studio / Argilla export and import
+- :mod:`mixtune.review.items` — training samples into the data queue, decisions back out
 
 Stage 2, at each evaluation cycle::
 
@@ -14,6 +15,7 @@ Stage 2, at each evaluation cycle::
     # {task: (rate, n)} -> the heat engine's rejection input and mixing_log.jsonl
 """
 
+from mixtune.review.items import enqueue_samples, sample_decisions
 from mixtune.review.queue import (
     agreement,
     cohen_kappa,
@@ -29,6 +31,7 @@ from mixtune.review.store import KINDS, VERDICTS, Item, ReviewError, ReviewStore
 
 __all__ = [
     "KINDS", "VERDICTS", "AuthError", "ForbiddenError", "Item", "ReviewError", "ReviewStore", "Reviewer",
-    "Reviewers", "Verdict", "agreement", "cohen_kappa", "hash_token", "new_token", "next_item", "progress",
-    "rejection_rates", "run_simulated_reviewer", "sample_outputs_for_review", "status_summary", "submit",
+    "Reviewers", "Verdict", "agreement", "cohen_kappa", "enqueue_samples", "hash_token", "new_token", "next_item", "progress",
+    "rejection_rates", "run_simulated_reviewer", "sample_decisions", "sample_outputs_for_review", "status_summary",
+    "submit",
 ]

@@ -76,7 +76,7 @@ class _Row:
 
 def _index(store: ReviewStore, kinds) -> list[_Row]:
     t = store.items.c
-    with store.engine.connect() as c:
+    with store.reader.connect() as c:
         rows = c.execute(select(t.seq, t.id, t.kind, t.task_id, t.family, t.model_version)
                          .where(t.kind.in_(list(kinds))).order_by(t.seq)).all()
     return [_Row(*r) for r in rows]

@@ -122,7 +122,7 @@ def store_url(store: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _rec):  # pragma: no cover - exercised through every sqlite test
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" hook below emits BEGIN itself
@@ -133,8 +133,8 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # IMMEDIATE: take the write lock up front, so a busy writer waits instead of failing
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def _on_begin(conn):
+        conn.exec_driver_sql(begin)
 
 
 class ReviewStore:
@@ -147,10 +147,16 @@ class ReviewStore:
         self.prefix = prefix
         try:
             self.engine = create_engine(self.url, future=True)
+            self.reader = self.engine
+            if self.engine.dialect.name == "sqlite":
+                # writes BEGIN IMMEDIATE: take the write lock up front, so a busy writer waits
+                # (busy_timeout) instead of failing to upgrade a read snapshot; reads stay deferred
+                # on their own engine, and in WAL mode they never wait for a writer
+                _sqlite_setup(self.engine, "BEGIN IMMEDIATE")
+                self.reader = create_engine(self.url, future=True)
+                _sqlite_setup(self.reader, "BEGIN")
         except Exception as e:  # bad URL or missing driver: a user mistake, name it
             raise MixtuneError(f"cannot open review store: {e}", where=str(store)) from None
-        if self.engine.dialect.name == "sqlite":
-            _sqlite_setup(self.engine)
         md = MetaData()
         self.items = Table(
             f"{prefix}items", md,
@@ -216,10 +222,11 @@ class ReviewStore:
         if self.engine.dialect.name == "postgresql":
             with self.engine.begin() as c:
                 c.exec_driver_sql(f"DROP FUNCTION IF EXISTS {self.verdicts.name}_append_only()")
-        self.engine.dispose()
+        self.close()
 
     def close(self) -> None:
         self.engine.dispose()
+        self.reader.dispose()
 
     # --- model versions -------------------------------------------------------------------
     def register_model_version(self, version: str) -> None:
@@ -236,7 +243,7 @@ class ReviewStore:
     def active_model_versions(self) -> set[str]:
         """Versions whose latest event is ``register``."""
         last: dict[str, str] = {}
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             for v, ev in c.execute(select(self.model_versions.c.version, self.model_versions.c.event)
                                    .order_by(self.model_versions.c.seq)):
                 last[v] = ev
@@ -274,7 +281,7 @@ class ReviewStore:
 
     def item(self, item_id: str) -> Item:
         """The item ``item_id``; unknown ids are a 404-style :class:`ReviewError`."""
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             r = c.execute(select(self.items).where(self.items.c.id == item_id)).mappings().first()
         if r is None:
             raise ReviewError(f"no item {item_id!r} in the review store", status=404)
@@ -282,7 +289,7 @@ class ReviewStore:
 
     def items_of(self, kinds: tuple[str, ...] | list[str] = KINDS) -> list[Item]:
         """Items of ``kinds`` in enqueue order."""
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             rows = c.execute(select(self.items).where(self.items.c.kind.in_(list(kinds)))
                              .order_by(self.items.c.seq)).mappings().all()
         return [_item(r) for r in rows]
@@ -319,7 +326,7 @@ class ReviewStore:
                     return Verdict(seq=seq, **row), True
         except IntegrityError:  # a concurrent double submit won the race; compare with it below
             pass
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             old = self._existing(c, item_id, reviewer, role)
         if old is None:  # pragma: no cover - the unique constraint fired, so a row exists
             raise ReviewError(f"verdict on {item_id!r} by {reviewer!r} could not be stored; retry")
@@ -345,13 +352,13 @@ class ReviewStore:
             q = q.where(v.item_id == item_id)
         if task_id is not None:
             q = q.where(v.task_id == task_id)
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             return [Verdict(**r) for r in c.execute(q.order_by(v.seq)).mappings()]
 
     def state_token(self) -> str:
         """A short fingerprint of the store's state (counts and last sequence numbers): a run
         fingerprint that includes it rebuilds when verdicts arrive."""
-        with self.engine.connect() as c:
+        with self.reader.connect() as c:
             parts = [c.execute(text(f"SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM {t.name}")).one()
                      for t in (self.items, self.verdicts, self.model_versions)]
         return "-".join(f"{n}.{m}" for n, m in parts)
