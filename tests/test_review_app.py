@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from browser.review_env import REASONS, TOKENS, add_outputs, registry, write_reviewers
@@ -157,6 +159,11 @@ def test_cli_status_token_and_serve_help(store, tmp_path):
     r = runner.invoke(cli_app, ["review", "status", "--store", str(tmp_path / "review.db")])
     assert r.exit_code == 0, r.output
     assert "output" in r.output and "alice" in r.output and "calc_lcr" in r.output
+    # output queue: total 2, pending 1, in review 0, disputed 0, decided 1
+    assert re.search(r"│ output\s*│ 2\s*│ 1\s*│ 0\s*│ 0\s*│ 1\s*│", r.output), r.output
+    r = runner.invoke(cli_app, ["review", "status", "--store", str(tmp_path / "missing.db")])
+    assert r.exit_code != 0 and "no review store here" in str(r.exception)
+    assert not (tmp_path / "missing.db").exists()
     r = runner.invoke(cli_app, ["review", "token", "dora", "-q", "calc", "--adjudicator"])
     assert r.exit_code == 0
     token = r.output.split("it is not stored): ")[1].split()[0]

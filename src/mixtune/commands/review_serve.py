@@ -16,7 +16,7 @@ def serve(
     reviewers: Path = typer.Option(..., "--reviewers", help="reviewers YAML/JSON (ids, token hashes, qualifications)"),
     ontology: Path | None = typer.Option(None, "--ontology", help="ontology.yaml: reason codes = anomaly patterns"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
-    port: int = typer.Option(8700, "--port", min=0, max=65535, help="port (0 = any free port)"),
+    port: int = typer.Option(8700, "--port", min=1, max=65535, help="port to listen on"),
     required: int = typer.Option(2, "--required", min=1, help="agreeing reviewers that decide an item"),
 ) -> None:
     """Serve the expert review web app and its JSON API until Ctrl-C."""
@@ -58,12 +58,17 @@ def print_store_status(store: str, required: int = 2) -> None:
     from mixtune.review.queue import status_summary
     from mixtune.review.store import ReviewStore
 
+    if "://" not in store and not Path(store).is_file():
+        from mixtune.errors import DataError
+
+        raise DataError("no review store here (start one with `mixtune review serve --store PATH`)", where=store)
     st = status_summary(ReviewStore(store), required)
     console = Console()
-    cols = ("pending", "in_review", "disputed", "decided", "adjudicated", "waiting", "done")
-    t = Table("queue", "total", *cols, title="queues")
+    t = Table("queue", "total", "pending", "in review", "disputed", "decided", title="queues")
     for q, c in st["queues"].items():
-        t.add_row(q, str(c.get("total", 0)), *(str(c.get(k, 0)) for k in cols))
+        t.add_row(q, *(str(n) for n in (c.get("total", 0), c.get("pending", 0), c.get("in_review", 0),
+                                          c.get("disputed", 0) + c.get("waiting", 0),
+                                          c.get("decided", 0) + c.get("adjudicated", 0) + c.get("done", 0))))
     console.print(t)
     a = Table("reviewer", "kappa", "agreement", "shared items", title="agreement")
     for r, v in st["agreement"].items():
