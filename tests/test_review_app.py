@@ -176,3 +176,24 @@ def test_cli_status_token_and_serve_help(store, tmp_path):
     bad.write_text("reviewers: [{id: x, token: plain}]", encoding="utf-8")
     r = runner.invoke(cli_app, ["review", "serve", "--reviewers", str(bad), "--store", str(tmp_path / "s.db")])
     assert r.exit_code != 0 and "plain 'token'" in str(r.exception or r.output)
+
+
+def test_live_rejection_changes_across_cycles_through_the_simulated_reviewer(tmp_path):
+    from mixtune.review.live import LiveRejection
+
+    def outputs(right: int) -> dict:  # `right` of 4 answers state the reference's number
+        return {"calc_lcr": [{"prompt": f"p{i}", "reference": "LCR = 125.00%",
+                              "output": "LCR = 125.00%" if i < right else f"LCR = {90 + i}.00%"} for i in range(4)],
+                "concept_term": [{"prompt": "q", "reference": "定义", "output": "定义"}]}
+
+    with LiveRejection(tmp_path / "review.db", k=4, window=4, prior=0.1, strength=1.0, noise=0.0) as live:
+        r0 = live.cycle(0, "ckpt-10", outputs(right=0))
+        r1 = live.cycle(1, "ckpt-20", outputs(right=4))
+        store = live.store
+        assert r0["calc_lcr"] == (pytest.approx((4 + 0.1) / 5), 4)
+        assert r1["calc_lcr"] == (pytest.approx(0.1 / 5), 4)  # the window holds only the newer verdicts
+        assert r0["concept_term"][1] == 1 and r0["concept_term"][0] < 0.1
+        rows = store.verdicts_of()
+        assert len(rows) == 10 and {v.reviewer_kind for v in rows} == {"simulated"}
+        assert {v.version for v in rows} == {"ckpt-10", "ckpt-20"}
+        assert store.active_model_versions() == {"ckpt-20"}

@@ -7,8 +7,9 @@
 - :mod:`mixtune.review.simulated` — the simulated reviewer and the stage-2 sampling hook
 - :mod:`mixtune.review.exchange` — CSV / Label Studio / Argilla export and import
 - :mod:`mixtune.review.items` — training samples into the data queue, decisions back out
+- :mod:`mixtune.review.live` — :class:`LiveRejection`, the one-call-per-cycle hook for stage 2
 
-Stage 2, at each evaluation cycle::
+Stage 2, at each evaluation cycle (or ``LiveRejection.cycle`` doing all of it)::
 
     sample_outputs_for_review(store, outputs_by_task, k, model_version, engine=engine)
     rates = store.rejection_rates(("output",), window=50, prior=0.1, strength=5.0, tasks=task_ids)
