@@ -179,7 +179,7 @@ def test_cli_status_token_and_serve_help(store, tmp_path):
 
 
 def test_live_rejection_changes_across_cycles_through_the_simulated_reviewer(tmp_path):
-    from mixtune.review.live import LiveRejection
+    from mixtune.review.simulated import LiveRejection
 
     def outputs(right: int) -> dict:  # `right` of 4 answers state the reference's number
         return {"calc_lcr": [{"prompt": f"p{i}", "reference": "LCR = 125.00%",

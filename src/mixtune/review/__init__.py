@@ -4,10 +4,8 @@
 - :mod:`mixtune.review.queue` — dual validation, adjudication, kappa, live rejection rates
 - :mod:`mixtune.review.reviewers` — reviewer tokens (hashed) and qualifications
 - :mod:`mixtune.review.app` — ``mixtune review serve`` (pages + JSON API)
-- :mod:`mixtune.review.simulated` — the simulated reviewer and the stage-2 sampling hook
-- :mod:`mixtune.review.exchange` — CSV / Label Studio / Argilla export and import
-- :mod:`mixtune.review.items` — training samples into the data queue, decisions back out
-- :mod:`mixtune.review.live` — :class:`LiveRejection`, the one-call-per-cycle hook for stage 2
+- :mod:`mixtune.review.simulated` — the simulated reviewer, the sampling hook, :class:`LiveRejection`
+- :mod:`mixtune.review.exchange` — CSV / Label Studio / Argilla export and import; samples in, decisions out
 
 Stage 2, at each evaluation cycle (or ``LiveRejection.cycle`` doing all of it)::
 
@@ -16,7 +14,7 @@ Stage 2, at each evaluation cycle (or ``LiveRejection.cycle`` doing all of it)::
     # {task: (rate, n)} -> the heat engine's rejection input and mixing_log.jsonl
 """
 
-from mixtune.review.items import enqueue_samples, sample_decisions
+from mixtune.review.exchange import enqueue_samples, sample_decisions
 from mixtune.review.queue import (
     agreement,
     cohen_kappa,
@@ -27,12 +25,12 @@ from mixtune.review.queue import (
     submit,
 )
 from mixtune.review.reviewers import AuthError, ForbiddenError, Reviewer, Reviewers, hash_token, new_token
-from mixtune.review.simulated import run_simulated_reviewer, sample_outputs_for_review
+from mixtune.review.simulated import LiveRejection, run_simulated_reviewer, sample_outputs_for_review
 from mixtune.review.store import KINDS, VERDICTS, Item, ReviewError, ReviewStore, Verdict
 
 __all__ = [
-    "KINDS", "VERDICTS", "AuthError", "ForbiddenError", "Item", "ReviewError", "ReviewStore", "Reviewer",
-    "Reviewers", "Verdict", "agreement", "cohen_kappa", "enqueue_samples", "hash_token", "new_token", "next_item", "progress",
-    "rejection_rates", "run_simulated_reviewer", "sample_decisions", "sample_outputs_for_review", "status_summary",
-    "submit",
+    "KINDS", "VERDICTS", "AuthError", "ForbiddenError", "Item", "LiveRejection", "ReviewError", "ReviewStore",
+    "Reviewer", "Reviewers", "Verdict", "agreement", "cohen_kappa", "enqueue_samples", "hash_token", "new_token",
+    "next_item", "progress", "rejection_rates", "run_simulated_reviewer", "sample_decisions",
+    "sample_outputs_for_review", "status_summary", "submit",
 ]

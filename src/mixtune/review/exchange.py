@@ -8,6 +8,10 @@ with its line/record and why — one bad record never blocks the others.
 
 Files get cut short (a crashed export, a copy in progress): a torn last line or row, or a JSON
 array cut mid-record, is reported as ``torn`` and the complete records before it are imported.
+Training samples enter the data queue with :func:`enqueue_samples` (their recorded rule results
+become highlighted findings); :func:`sample_decisions` reads back what was decided, with both
+reviewers and the adjudicator for the lineage — only ``approve`` may train.
+
 CSV cells that a spreadsheet would run as a formula (starting with ``= + - @`` tab or CR) are
 written with a leading ``'`` and read back without it. CSV is read as UTF-8 with or without BOM.
 """
@@ -17,12 +21,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixtune.data.schema import Sample
 from mixtune.errors import DataError, MixtuneError
-from mixtune.review.queue import states, submit
+from mixtune.review.queue import derive_state, states, submit
 from mixtune.review.reviewers import Reviewer, Reviewers
 from mixtune.review.store import KINDS, ReviewStore
 
@@ -234,3 +240,52 @@ def import_verdicts(store: ReviewStore, path: str | Path, fmt: str | None = None
             except MixtuneError as e:
                 res.refused.append((tag, e.message))
     return res
+
+
+# --- training samples in, decisions out -----------------------------------------------------
+def _text(s: Sample, role: str) -> str:
+    parts = [m.content for m in s.messages if m.role == role]
+    return "\n---\n".join(parts)
+
+
+def sample_findings(s: Sample, answer: str) -> list[dict]:
+    """The sample's recorded rule results as findings; spans outside ``answer`` become span-less."""
+    try:
+        rows = json.loads(s.rule_results or "[]")
+    except ValueError:
+        rows = []
+    out = []
+    for r in rows if isinstance(rows, list) else []:
+        span = r.get("span") if isinstance(r, dict) else None
+        start, end = (span if isinstance(span, list) and len(span) == 2 else (0, 0))
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(answer)):
+            start = end = 0
+        out.append({"start": start, "end": end, "rule_id": str(r.get("rule_id", "")),
+                    "severity": str(r.get("severity", "error")), "reason": str(r.get("reason", ""))})
+    return out
+
+
+def enqueue_samples(store: ReviewStore, samples: Iterable[Sample], *, data_version: str = "") -> int:
+    """Add samples to the data queue (kind ``sample``); returns how many were new."""
+    n = 0
+    for s in samples:
+        answer = _text(s, "assistant") or s.output
+        n += store.enqueue(s.id, "sample", s.task_id, prompt=_text(s, "user") or s.instruction,
+                           reference="", output=answer, family=s.family or s.task_id,
+                           data_version=data_version or s.dataset_version,
+                           findings=sample_findings(s, answer), meta={"split": s.split})
+    return n
+
+
+def sample_decisions(store: ReviewStore, required: int = 2) -> dict[str, dict]:
+    """``{sample_id: {decision, state, reviewers, adjudicator, time}}`` for every decided sample."""
+    by_item = defaultdict(list)
+    for v in store.verdicts_of(kinds=("sample",)):
+        by_item[v.item_id].append(v)
+    out = {}
+    for iid, vs in by_item.items():
+        st = derive_state(vs, required)
+        if st.state in ("decided", "adjudicated"):
+            out[iid] = {"decision": st.decision, "state": st.state, "reviewers": st.reviewers,
+                        "adjudicator": st.adjudicator, "time": vs[-1].time}
+    return out

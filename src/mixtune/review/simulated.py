@@ -11,6 +11,12 @@ at enqueue, or by a :class:`~mixtune.rules.RuleEngine` it is given), numbers and
 the reference missing from the output (:mod:`mixtune.data.kpis` normalisation). ``noise`` flips
 a verdict at random, ``bias`` pushes toward rejecting (>0) or approving (<0), ``latency`` waits
 before each verdict like a person reading.
+
+:class:`LiveRejection` is the stage-2 hook: one object per run, one :meth:`~LiveRejection.cycle`
+call per evaluation cycle — enqueue ``k`` outputs per task of the current model, let the
+simulated reviewer (when enabled) answer over the real HTTP API of an app on a loopback port,
+return ``{task: (rate, n)}`` (``rate`` for the heat engine, both for ``mixing_log.jsonl``). With
+``simulate=False`` it only enqueues and reads what humans decided so far: the loop never waits.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
 from mixtune.data.kpis import NUM, citations_in, norm
 from mixtune.errors import MixtuneError
+from mixtune.review.reviewers import Reviewer, Reviewers, hash_token, new_token
 from mixtune.review.store import ReviewStore
 
 if TYPE_CHECKING:
@@ -148,3 +156,57 @@ def sample_outputs_for_review(store: ReviewStore, outputs_by_task: dict[str, lis
                              meta={"sample_id": o.get("sample_id", "")}):
                 added.append(item_id)
     return added
+
+
+SIM_ID = "simulated"
+
+
+class LiveRejection:
+    """Per-run review loop: enqueue → (simulated) review over HTTP → windowed, shrunk rates."""
+
+    def __init__(self, store: str | Path | ReviewStore, *, reviewers: Reviewers | None = None,
+                 reasons: dict[str, list[str]] | None = None, simulate: bool = True, k: int = 4,
+                 window: int = 50, prior: float = 0.1, strength: float = 5.0, noise: float = 0.05,
+                 bias: float = 0.0, latency: float = 0.0, seed: int = 0, engine: RuleEngine | None = None,
+                 rule_ids: dict[str, list[str]] | None = None, families: dict[str, str] | None = None):
+        self.store = store if isinstance(store, ReviewStore) else ReviewStore(store)
+        self.k, self.window, self.prior, self.strength = k, window, prior, strength
+        self.noise, self.bias, self.latency, self.seed = noise, bias, latency, seed
+        self.engine, self.rule_ids, self.families = engine, rule_ids, families
+        self.simulate = simulate
+        # the app and its server only load when a run asks for live review (fastapi, uvicorn)
+        from mixtune.release.server import ServerThread
+        from mixtune.review.app import create_app
+
+        people = list(reviewers.by_id.values()) if reviewers is not None else []
+        # The simulated reviewer's token lives only in this process: nothing outside can speak as it.
+        self._token = new_token()
+        if simulate:
+            people = [p for p in people if p.id != SIM_ID] + [
+                Reviewer(SIM_ID, hash_token(self._token), ("*",), kind="simulated")]
+        self.server = ServerThread(create_app(self.store, Reviewers(people), reasons=reasons)).start() \
+            if simulate else None
+
+    def cycle(self, cycle: int, model_version: str, outputs_by_task: dict[str, list[dict]],
+              ) -> dict[str, tuple[float, int]]:
+        """Enqueue this cycle's outputs, review them (simulated), return ``{task: (rate, n)}``."""
+        sample_outputs_for_review(self.store, outputs_by_task, self.k, model_version, engine=self.engine,
+                                  rule_ids=self.rule_ids, families=self.families, seed=self.seed + cycle)
+        if self.server is not None:
+            run_simulated_reviewer(self.server.url, self._token, noise=self.noise, bias=self.bias,
+                                   latency=self.latency, seed=self.seed * 100_003 + cycle, engine=None)
+        return self.store.rejection_rates(("output",), window=self.window, prior=self.prior,
+                                          strength=self.strength, tasks=sorted(outputs_by_task))
+
+    def close(self) -> None:
+        """Stop the app (if running) and release the store's connections."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.store.close()
+
+    def __enter__(self) -> LiveRejection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
