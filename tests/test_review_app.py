@@ -6,7 +6,16 @@ import re
 
 import pytest
 import yaml
-from browser.review_env import REASONS, TOKENS, add_outputs, registry, write_reviewers
+from browser.review_env import (
+    BACKENDS,
+    REASONS,
+    TOKENS,
+    add_outputs,
+    close_store,
+    open_store,
+    registry,
+    write_reviewers,
+)
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -22,11 +31,11 @@ def _bearer(who: str) -> dict:
     return {"Authorization": f"Bearer {TOKENS[who]}"}
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = ReviewStore(tmp_path / "review.db")
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    s = open_store(request.param, tmp_path)
     yield s
-    s.close()
+    close_store(s)
 
 
 @pytest.fixture
@@ -151,7 +160,8 @@ def test_load_reasons_from_the_shipped_ontology():
     assert reasons["calc_lcr"] == ["算术错误", "小数位不符", "分子分母颠倒"]
 
 
-def test_cli_status_token_and_serve_help(store, tmp_path):
+def test_cli_status_token_and_serve_help(tmp_path):
+    store = ReviewStore(tmp_path / "review.db")
     add_outputs(store, 2)
     store.add_verdict("calc_lcr-m1-0", "alice", "approve")
     store.add_verdict("calc_lcr-m1-0", "bob", "approve")
