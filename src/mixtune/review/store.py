@@ -161,26 +161,26 @@ class ReviewStore:
         self.items = Table(
             f"{prefix}items", md,
             Column("seq", Integer, primary_key=True, autoincrement=True),
-            Column("id", String(200), nullable=False, unique=True),
+            Column("id", String(1000), nullable=False, unique=True),
             Column("kind", String(16), nullable=False),
-            Column("task_id", String(200), nullable=False, index=True),
-            Column("family", String(200), nullable=False),
+            Column("task_id", String(1000), nullable=False, index=True),
+            Column("family", String(1000), nullable=False),
             Column("prompt", Text, nullable=False), Column("reference", Text, nullable=False),
             Column("output", Text, nullable=False),
-            Column("model_version", String(200), nullable=False), Column("data_version", String(200), nullable=False),
+            Column("model_version", String(1000), nullable=False), Column("data_version", String(1000), nullable=False),
             Column("findings", Text, nullable=False), Column("meta", Text, nullable=False),
             Column("created", String(40), nullable=False),
         )
         self.verdicts = Table(
             f"{prefix}verdicts", md,
             Column("seq", Integer, primary_key=True, autoincrement=True),
-            Column("item_id", String(200), nullable=False, index=True),
-            Column("kind", String(16), nullable=False), Column("task_id", String(200), nullable=False, index=True),
-            Column("reviewer", String(200), nullable=False), Column("reviewer_kind", String(16), nullable=False),
-            Column("verdict", String(16), nullable=False), Column("reason", String(200), nullable=False),
+            Column("item_id", String(1000), nullable=False, index=True),
+            Column("kind", String(16), nullable=False), Column("task_id", String(1000), nullable=False, index=True),
+            Column("reviewer", String(1000), nullable=False), Column("reviewer_kind", String(16), nullable=False),
+            Column("verdict", String(16), nullable=False), Column("reason", String(1000), nullable=False),
             Column("role", String(16), nullable=False), Column("time", String(40), nullable=False),
-            Column("version", String(200), nullable=False), Column("note", Text, nullable=False),
-            Column("idem_key", String(200), nullable=False),
+            Column("version", String(1000), nullable=False), Column("note", Text, nullable=False),
+            Column("idem_key", String(1000), nullable=False),
             # one verdict per reviewer and item: a double submit from two tabs or two processes
             # collides here, and the loser reads the winner back (idempotent or refused)
             UniqueConstraint("item_id", "reviewer", "role", name=f"{prefix}one_verdict"),
@@ -188,7 +188,7 @@ class ReviewStore:
         self.model_versions = Table(
             f"{prefix}model_versions", md,
             Column("seq", Integer, primary_key=True, autoincrement=True),
-            Column("version", String(200), nullable=False, index=True),
+            Column("version", String(1000), nullable=False, index=True),
             Column("event", String(16), nullable=False), Column("time", String(40), nullable=False),
         )
         self.metadata = md
