@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-review_app = typer.Typer(help="Expert review: export to CSV / Label Studio / Argilla, import decisions.",
+review_app = typer.Typer(help="Expert review: the review web app (serve), export to CSV / Label Studio / Argilla, "
+                         "import decisions, status.",
                          no_args_is_help=True)
 
 
@@ -79,8 +80,20 @@ def import_(
 
 
 @review_app.command("status")
-def status_(dataset: Path = typer.Option(..., "--dataset", help="dataset directory")) -> None:
+def status_(dataset: Path | None = typer.Option(None, "--dataset", help="dataset directory"),
+            store: str | None = typer.Option(None, "--store", help="review store (SQLite path or SQLAlchemy URL): "
+                                             "queue sizes, agreement per reviewer, live rejection rates")) -> None:
     """Counts per task and state, and per-task rejection rates (also written to review_stats.json)."""
+    if store is not None:
+        from mixtune.commands.review_serve import print_store_status
+
+        print_store_status(store)
+        if dataset is None:
+            return
+    if dataset is None:
+        from mixtune.errors import ConfigError
+
+        raise ConfigError("give --dataset DIR or --store URL", where="mixtune review status")
     from rich.console import Console
     from rich.table import Table
 

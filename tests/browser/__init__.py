@@ -1,0 +1,1 @@
+"""Helpers for the review tests: store backends, reviewer files, a headless Debian Chromium."""
