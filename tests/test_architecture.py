@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
 SRC = ROOT / "src" / "mixtune"
 PACKAGES = {"cli", "commands", "config", "pipeline", "errors", "jsonl", "rundir", "report", "data", "rules",
-            "mixing", "train", "eval", "release", "model", "bench"}
+            "mixing", "train", "eval", "review", "release", "model", "bench"}
 TOP_ONLY = {"bench", "commands", "cli"}  # only the command line may import these
 
 
