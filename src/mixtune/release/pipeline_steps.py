@@ -115,7 +115,7 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
         out["gates"]["validate"] = decision.status if decision else "not configured"
         if decision and decision.status == "pass":
             model = reg.transition(model.id, "validated", who="mixtune run", why="validate gate passed",
-                                   evidence=decision.to_dict())
+                                   evidence=reg.record_gate(model.id, decision.to_dict(), who="mixtune run"))
             if cfg.gates.shadow.enabled or cfg.gates.canary:
                 model = reg.transition(model.id, "canary", who="mixtune run",
                                        why="canary: held-out prompts replayed as shadow traffic")
@@ -130,10 +130,10 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
                 out["gates"]["canary"] = decision.status
                 if decision.status == "pass":
                     model = reg.transition(model.id, "released", who="mixtune run", why="canary gate passed",
-                                           evidence=decision.to_dict())
+                                           evidence=reg.record_gate(model.id, decision.to_dict(), who="mixtune run"))
         if decision and decision.status == "fail":
             model = reg.transition(model.id, "rejected", who="mixtune run",
-                                   why=f"{decision.gate} gate failed", evidence=decision.to_dict())
+                                   why=f"{decision.gate} gate failed", evidence=reg.record_gate(model.id, decision.to_dict(), who="mixtune run"))
         shown = reg.show(model.id)
         out["state"] = shown.state
         (rd.path / "registry.json").write_text(json.dumps({
