@@ -462,10 +462,9 @@ class Registry:
 
     def verify(self) -> list[str]:
         """Problems with the audit trail, first bad row first (empty: chain, triggers and state agree)."""
-        problems = [f"{p} (found when the registry was opened; recreated)" for p in self.integrity_problems]
         with self._engine.connect() as conn:
-            problems += verify_audit(conn, _Audit, _Model, _Alias, audit_fields)
-        return problems
+            problems = verify_audit(conn, _Audit, _Model, _Alias, audit_fields)
+        return problems + [f"{p} (found when the registry was opened; recreated)" for p in self.integrity_problems]
 
 
 class _WriteTxn:
