@@ -1,4 +1,5 @@
-"""Registry races from two processes (issue 14) on SQLite and, with MIXTUNE_TEST_PG_URL, PostgreSQL.
+"""Registry races from two processes (issue 14), and tamper detection, on SQLite and, with
+MIXTUNE_TEST_PG_URL, PostgreSQL.
 
 Each child widens the race window by sleeping inside its transaction right after reading the
 state it will change (the champion alias, or the next version number). Without serialisation
@@ -148,3 +149,30 @@ def test_concurrent_register_of_the_same_name_gets_distinct_versions(tmp_path, u
     assert sorted([a["version"], b["version"]]) == [1, 2]
     assert [m.version for m in reg.list(name)] == [1, 2] and reg.verify() == []
     reg.close()
+
+
+def test_tampering_is_detected_and_triggers_restored_on_both_backends(tmp_path, url):
+    name = f"fr-{uuid.uuid4().hex[:8]}"
+    reg = Registry(url)
+    m = reg.register(name, _model(tmp_path, "t")).id
+    _gate_and_release(reg, m)
+    row = reg.show(m).audit[1]["id"]
+    reg.close()
+    raw = sa.create_engine(url)
+    switch_off = ("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update" if raw.dialect.name == "postgresql"
+                  else "DROP TRIGGER audit_log_no_update")
+    with raw.begin() as c:
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), c.begin_nested():
+            c.execute(sa.text("UPDATE audit_log SET who = 'mallory'"))
+        c.execute(sa.text(switch_off))
+        c.execute(sa.text("UPDATE audit_log SET who = 'mallory' WHERE id = :i"), {"i": row})
+    reg = Registry(url)
+    problems = reg.verify()
+    assert problems[0] == f"audit row {row} was rewritten (its content no longer matches its hash)"
+    assert any("audit_log_no_update is" in p for p in problems[1:]), problems
+    reg.close()
+    for stmt in ("DELETE FROM audit_log", "TRUNCATE audit_log" if raw.dialect.name == "postgresql" else None):
+        if stmt:
+            with pytest.raises(sa.exc.DBAPIError, match="append-only"), raw.begin() as c:  # enforced again
+                c.execute(sa.text(stmt))
+    raw.dispose()
