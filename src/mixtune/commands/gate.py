@@ -91,6 +91,7 @@ def gate(
         pass_without_champion=pass_without_champion,
         meta=meta,
     )
+    print_decision(decision)
     if model_id is not None:  # the registry stores it first: a file line alone is never evidence
         from mixtune.release.registry import Registry
 
@@ -102,7 +103,6 @@ def gate(
         append_decision(out, recorded)
     else:
         append_decision(out, decision)
-    print_decision(decision)
     typer.echo(f"decision appended to {out}")
     raise typer.Exit(EXIT_CODES[decision.status])
 

@@ -231,7 +231,8 @@ class Registry:
             body["binding"] = {"model_id": model_id, "name": row.name, "version": row.version, "path": row.path,
                                "weights_sha256": digest, "audit_id": head + 1}
             a = self._audit(s, model_id, "gate", None, None, who, f"{body['gate']} gate: {body.get('status')}", body)
-            assert a.id == head + 1
+            if a.id != head + 1:  # cannot happen while writes are serialised; never store a wrong binding
+                raise RegistryError("the audit log moved while recording a gate decision; retry")
         return {**body, "signature": integ.sign(self._key, body)} if self._key else body
 
     def transition(self, model_id: int, to_state: str, *, who: str, why: str,

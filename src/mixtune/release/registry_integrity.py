@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,12 @@ def load_key(url: str, key: str | bytes | None) -> bytes | None:
                               str(path)) from None
     except OSError as e:
         raise ConfigError(f"cannot create the registry key file: {e}", str(path)) from None
-    data = path.read_bytes().strip()
-    if not data:  # another process may be writing it right now; an empty key would sign nothing
-        raise ConfigError("registry key file is empty", str(path))
-    return data
+    for _ in range(50):  # another process may have created it and be writing it right now
+        data = path.read_bytes().strip()
+        if data:
+            return data
+        time.sleep(0.02)
+    raise ConfigError("registry key file is empty", str(path))
 
 
 def sign(key: bytes, evidence: dict[str, Any]) -> str:
