@@ -70,3 +70,94 @@ def test_stage1_without_training_samples_is_a_clear_error(tmp_path):
     base = make_test_model(tmp_path / "m", corpus(samples))
     with pytest.raises(DataError, match="no stage-1 training samples"):
         train_stage1(PipelineConfig(), samples, str(base), tmp_path / "out", progress=False)
+
+
+# ---- malformed manifests (issue 14): always CheckpointError, and resume falls back ----------------
+
+def _good_manifest(tmp_path):
+    import json
+
+    model, opt, sched = _parts()
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, model, opt, sched, {}, keep=5)
+    mf = tmp_path / "step-00000002" / "manifest.json"
+    return mf, json.loads(mf.read_text())
+
+
+def _malformed(good: dict) -> list:
+    first = next(iter(good))
+    no_size = {k: {"sha256": v["sha256"]} for k, v in good.items()}
+    return [
+        [], [1, 2], "text", 3, None, {},  # non-dict JSON, empty files list
+        {k: v for k, v in good.items() if k != "model.safetensors"},  # a required file not listed
+        no_size,  # missing keys
+        {**good, first: "not a dict"},  # wrong types
+        {**good, first: {"size": "12", "sha256": good[first]["sha256"]}},
+        {**good, first: {"size": True, "sha256": good[first]["sha256"]}},
+        {**good, first: {"size": good[first]["size"], "sha256": 5}},
+        {**good, "../../outside": good[first]},  # a path outside the checkpoint
+        {**good, "": good[first]},
+    ]
+
+
+def test_every_malformed_manifest_is_a_checkpoint_error_and_falls_back(tmp_path):
+    import json
+
+    mf, good = _good_manifest(tmp_path)
+    cases = [json.dumps(m) for m in _malformed(good)] + ["{", "\xff\xfe", "[" * 100_000]
+    for text in cases:
+        mf.write_bytes(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
+        with pytest.raises(CheckpointError, match="manifest"):
+            verify_checkpoint(mf.parent)
+        assert latest_good_checkpoint(tmp_path).name == "step-00000001", text[:60]
+    mf.write_bytes(b"\xff\xfe\x00")  # not UTF-8
+    with pytest.raises(CheckpointError, match="manifest"):
+        verify_checkpoint(mf.parent)
+
+
+def test_random_manifest_json_never_escapes_as_another_exception(tmp_path):
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    mf, good = _good_manifest(tmp_path)
+    leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    values = st.recursive(leaf, lambda ch: st.lists(ch, max_size=3) | st.dictionaries(st.text(max_size=6), ch,
+                                                                                         max_size=3), max_leaves=8)
+    entries = st.dictionaries(st.sampled_from([*good, "x", "../y"]), values, max_size=5)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(doc=values | entries | entries.map(lambda d: {**good, **d}))
+    def check(doc):
+        mf.write_text(json.dumps(doc))
+        try:
+            verify_checkpoint(mf.parent)
+        except CheckpointError:
+            assert latest_good_checkpoint(tmp_path).name in ("step-00000001", "step-00000002")
+        else:  # accepted only if it still describes the real files exactly
+            assert {k: v for k, v in doc.items()} == good
+
+    check()
+
+
+def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path):
+    from mixtune.train.checkpoint import atomic_dir
+
+    target = tmp_path / "final" / "model"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target and not target.exists()
+        (tmp / "model.safetensors").write_text("v1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "config.json").write_text("{}")
+    assert (target / "model.safetensors").read_text() == "v1" and (target / "sub" / "config.json").is_file()
+
+    with pytest.raises(RuntimeError, match="killed"), atomic_dir(target) as tmp:
+        (tmp / "model.safetensors").write_text("half")
+        raise RuntimeError("killed mid-save")
+    assert (target / "model.safetensors").read_text() == "v1"  # the old model survives a failed save
+
+    with atomic_dir(target) as tmp:
+        (tmp / "model.safetensors").write_text("v2")
+    assert (target / "model.safetensors").read_text() == "v2"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no temp or old folders left

@@ -6,6 +6,7 @@ Exit codes are part of the interface so scripts and CI can branch on them: 0 pas
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -52,9 +53,16 @@ def gate(
     pass_without_champion: bool = typer.Option(
         False, "--pass-without-champion", help="let delta checks pass when there is no champion (first release)"
     ),
-    model_id: int | None = typer.Option(None, "--model-id", help="registry id of the candidate, recorded as evidence"),
+    model_id: int | None = typer.Option(
+        None, "--model-id", help="registry id of the candidate: the decision is recorded in the registry (--db), "
+        "bound to the model's weights hash, and only such decisions let `mixtune registry promote` move it"),
+    db: str = typer.Option(os.environ.get("MIXTUNE_REGISTRY_URL", "sqlite:///registry.db"), "--db",
+                           help="registry URL or SQLite path used with --model-id (env MIXTUNE_REGISTRY_URL)"),
 ) -> None:
-    """Evaluate gate NAME: exit 0 pass, 1 fail, 3 inconclusive; the decision is appended to --out."""
+    """Evaluate gate NAME: exit 0 pass, 1 fail, 3 inconclusive; the decision is appended to --out.
+
+    With --model-id the registry records the decision for that model and the line appended to
+    --out carries the registry's binding (model, path, weights hash) and signature."""
     from mixtune.errors import ConfigError
     from mixtune.release.gates import (
         GATE_NAMES,
@@ -83,8 +91,18 @@ def gate(
         pass_without_champion=pass_without_champion,
         meta=meta,
     )
-    append_decision(out, decision)
     print_decision(decision)
+    if model_id is not None:  # the registry stores it first: a file line alone is never evidence
+        from mixtune.release.registry import Registry
+
+        reg = Registry(db)
+        try:
+            recorded = reg.record_gate(model_id, decision.to_dict(), who="mixtune gate")
+        finally:
+            reg.close()
+        append_decision(out, recorded)
+    else:
+        append_decision(out, decision)
     typer.echo(f"decision appended to {out}")
     raise typer.Exit(EXIT_CODES[decision.status])
 

@@ -1,7 +1,9 @@
-"""``mixtune registry``: list, show, register, promote and roll back model versions.
+"""``mixtune registry``: list, show, register, promote, roll back and verify model versions.
 
-Promotions that need a gate read the evidence from a ``gates.jsonl`` written by ``mixtune gate``;
-refusals (skipped gate, failing evidence, unknown id) are user errors: one line, non-zero exit.
+Promotions that need a gate use the decision the registry recorded when ``mixtune gate
+--model-id N --db ...`` ran (or a signed line of the ``gates.jsonl`` it wrote); a hand-written
+"pass" is refused. Refusals (skipped gate, forged or stale evidence, unknown id) are user errors:
+one line, non-zero exit. ``verify`` checks the audit hash chain and triggers.
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ def _open(db: str):
 
 def pick_evidence(path: Path, gate: str | None, model_id: int) -> dict | None:
     """The newest decision in a gates.jsonl for ``gate`` (any gate if None) that is not tied to
-    another model id. Returns None when the file has none."""
+    another model id. Returns None when the file has none. (The registry then accepts it only if
+    it recorded that decision or it carries the registry's signature.)"""
     from mixtune.release.gates import read_decisions
 
     for d in reversed(read_decisions(path)):
-        claimed = (d.get("meta") or {}).get("model_id")
+        if not isinstance(d, dict):
+            continue
+        binding = d.get("binding") if isinstance(d.get("binding"), dict) else {}
+        meta = d.get("meta") if isinstance(d.get("meta"), dict) else {}
+        claimed = binding.get("model_id", meta.get("model_id"))
         if (gate is None or d.get("gate") == gate) and (claimed is None or str(claimed) == str(model_id)):
             return d
     return None
@@ -136,11 +143,14 @@ def promote_cmd(
     model_id: int = typer.Argument(..., help="model id"),
     db: str = _db_option(),
     to: str | None = typer.Option(None, "--to", help="target state (default: the next one on the path)"),
-    evidence: Path | None = typer.Option(None, "--evidence", help="gates.jsonl holding the gate decision"),
+    evidence: Path | None = typer.Option(
+        None, "--evidence", help="gates.jsonl written by `mixtune gate --model-id` (default: the decision the "
+        "registry recorded for this model)"),
     why: str = typer.Option(..., "--why", help="reason, kept in the audit log"),
     who: str | None = _who_option(),
 ) -> None:
-    """Move a model to its next state; validated/released need passing gate evidence."""
+    """Move a model to its next state; validated/released need a passing gate decision recorded by
+    this registry for these exact weights (see `mixtune gate --model-id`)."""
     from mixtune.release.registry import REQUIRED_GATE, RegistryError
 
     reg = _open(db)
@@ -169,7 +179,8 @@ def rollback_cmd(
     """Retire the current champion and restore the previous one."""
     reg = _open(db)
     old = reg.get_alias(name, "champion")
-    rec = reg.rollback(name, who=_who(who), why=why)
+    # compare-and-set: if someone releases or rolls back after we looked, nothing happens
+    rec = reg.rollback(name, who=_who(who), why=why, expected_champion=old.id if old else None)
     typer.echo(f"{name}: champion model {old.id if old else '?'} rolled back; "
                f"model {rec.id} (v{rec.version}) is champion again")
 
@@ -186,6 +197,23 @@ def alias_cmd(
     """Point an alias (not 'champion', which moves only by release/rollback) at a model."""
     _open(db).set_alias(name, alias, model_id, who=_who(who), why=why)
     typer.echo(f"{name}@{alias} -> model {model_id}")
+
+
+@registry_app.command("verify")
+def verify_cmd(db: str = _db_option()) -> None:
+    """Check the audit log: hash chain, append-only triggers, states and aliases vs. history.
+
+    Exit 0 when intact, 1 naming the first bad row otherwise."""
+    reg = _open(db)
+    problems = reg.verify()
+    rows, head = reg.audit_head()
+    if problems:
+        typer.echo(f"registry audit FAILED: {problems[0]}", err=True)
+        for p in problems[1:]:
+            typer.echo(f"  also: {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"registry audit OK: {rows} rows, hash chain intact, append-only triggers in place; "
+               f"head {head} (record it elsewhere to detect a rewritten tail)")
 
 
 def register(app: typer.Typer) -> None:

@@ -273,12 +273,14 @@ def evaluate_gate(
     return GateDecision(gate=name, status=overall, checks=checks, meta={**info, **(meta or {})})
 
 
-def append_decision(path: str | Path, decision: GateDecision) -> None:
-    """Append one decision as a JSON line (the run's ``gates.jsonl``); earlier lines are never rewritten."""
+def append_decision(path: str | Path, decision: GateDecision | dict[str, Any]) -> None:
+    """Append one decision (or the registry's recorded, signed form of it) as a JSON line (the
+    run's ``gates.jsonl``); earlier lines are never rewritten."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    body = decision if isinstance(decision, dict) else decision.to_dict()
     with p.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(decision.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+        fh.write(json.dumps(body, ensure_ascii=False, sort_keys=True) + "\n")
         fh.flush()
 
 

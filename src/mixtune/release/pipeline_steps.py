@@ -109,13 +109,17 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
             "eval_records": str(rd.path / "eval" / "stage2.jsonl"), "summary": summary.get("stage2", {}),
             "run": str(rd.path)}, who="mixtune run")
         out = {"model_id": model.id, "champion": champ_name, "gates": {}}
+
+        def recorded(d):  # only decisions the registry stored, bound to these weights, count as evidence
+            return reg.record_gate(model.id, d.to_dict(), who="mixtune run")
+
         # validate: offline evaluation matrix vs the champion → validated (or rejected)
         decision = _gate("validate", cfg.gates.validate_, cand, champ, cfg, model.id, gates_path, champ_name) \
             if cfg.gates.validate_ else None
         out["gates"]["validate"] = decision.status if decision else "not configured"
         if decision and decision.status == "pass":
             model = reg.transition(model.id, "validated", who="mixtune run", why="validate gate passed",
-                                   evidence=decision.to_dict())
+                                   evidence=recorded(decision))
             if cfg.gates.shadow.enabled or cfg.gates.canary:
                 model = reg.transition(model.id, "canary", who="mixtune run",
                                        why="canary: held-out prompts replayed as shadow traffic")
@@ -130,10 +134,10 @@ def step_gates_and_registry(cfg: PipelineConfig, rd: RunDir) -> dict:
                 out["gates"]["canary"] = decision.status
                 if decision.status == "pass":
                     model = reg.transition(model.id, "released", who="mixtune run", why="canary gate passed",
-                                           evidence=decision.to_dict())
+                                           evidence=recorded(decision))
         if decision and decision.status == "fail":
             model = reg.transition(model.id, "rejected", who="mixtune run",
-                                   why=f"{decision.gate} gate failed", evidence=decision.to_dict())
+                                   why=f"{decision.gate} gate failed", evidence=recorded(decision))
         shown = reg.show(model.id)
         out["state"] = shown.state
         (rd.path / "registry.json").write_text(json.dumps({

@@ -19,6 +19,7 @@ import jsonschema
 
 from mixtune.errors import ConfigError
 from mixtune.rules.normalize import Normalized, normalize_text
+from mixtune.rules.regex_safety import UnsafeRegex, check_regex_safety
 from mixtune.rules.safe_eval import SafeEvalError, compile_expr
 
 Hit = tuple[str, "tuple[int, int] | None"]
@@ -75,10 +76,17 @@ class Params:
         return v
 
     def regex(self, pattern: str, name: str, flags: int = 0) -> re.Pattern[str]:
+        """Compile a user regex; refuse invalid ones and ones that can backtrack catastrophically."""
         try:
-            return re.compile(pattern.replace("{num}", NUM), flags)
+            rx = re.compile(pattern.replace("{num}", NUM), flags)
         except re.error as e:
             raise self.fail(f"param {name!r} is not a valid regex: {e}") from None
+        try:  # rules run on every output: a pattern that can hang for seconds is refused up front
+            check_regex_safety(rx.pattern, flags)
+        except UnsafeRegex as e:
+            raise self.fail(f"param {name!r} regex {pattern!r} can take exponential time: {e}; "
+                            "rewrite it without nested or overlapping repetition") from None
+        return rx
 
     def finish(self) -> None:
         unknown = set(self.raw) - self.used

@@ -14,6 +14,9 @@ import json
 import os
 import random
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +91,50 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
+# Files save_checkpoint always writes; a manifest that omits one cannot describe a loadable checkpoint.
+REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def _read_manifest(mf: Path) -> dict[str, tuple[int, str]]:
+    """Parse and validate a manifest into ``{file name: (size, sha256)}``.
+
+    Any shape other than what :func:`save_checkpoint` writes is a CheckpointError (never a
+    KeyError/TypeError), so :func:`latest_good_checkpoint` can fall back past it.
+    """
+    try:
+        manifest = json.loads(mf.read_bytes())
+    except (OSError, ValueError, RecursionError):  # ValueError covers JSON and UTF-8 decode errors
+        raise CheckpointError("corrupt manifest (not readable JSON)", where=str(mf)) from None
+    if not isinstance(manifest, dict) or not manifest:
+        raise CheckpointError("corrupt manifest (expected a non-empty mapping of file names)", where=str(mf))
+    out: dict[str, tuple[int, str]] = {}
+    for name, meta in manifest.items():
+        # a plain file name only: a manifest must not make us hash files outside the checkpoint
+        if not name or name in (".", "..", MANIFEST) or "/" in name or "\\" in name or "\0" in name:
+            raise CheckpointError(f"corrupt manifest (bad file name {name!r})", where=str(mf))
+        size = meta.get("size") if isinstance(meta, dict) else None
+        digest = meta.get("sha256") if isinstance(meta, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str) \
+                or len(digest) != 64:
+            raise CheckpointError(f"corrupt manifest (entry {name!r} needs an integer size and a sha256)",
+                                  where=str(mf))
+        out[name] = (size, digest)
+    missing = [f for f in REQUIRED_FILES if f not in out]
+    if missing:
+        raise CheckpointError(f"corrupt manifest (does not list {', '.join(missing)})", where=str(mf))
+    return out
+
+
 def verify_checkpoint(path: Path) -> None:
-    """Raise CheckpointError unless every file matches the manifest."""
+    """Raise CheckpointError unless the manifest is well-formed and every file matches it."""
     mf = path / MANIFEST
     if not mf.is_file():
         raise CheckpointError("incomplete checkpoint (no manifest: the writer was interrupted)", where=str(path))
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError("corrupt manifest", where=str(mf)) from None
-    for name, meta in manifest.items():
+    for name, (size, digest) in _read_manifest(mf).items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"missing file {name}", where=str(path))
-        if f.stat().st_size != meta["size"] or _sha256(f) != meta["sha256"]:
+        if f.stat().st_size != size or _sha256(f) != digest:
             raise CheckpointError(f"{name} is truncated or corrupt (checksum mismatch)", where=str(path))
 
 
@@ -132,9 +165,46 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         state = json.loads((path / "trainer_state.json").read_text())
         if (path / "extra.pt").is_file():
             state["extra"] = torch.load(path / "extra.pt", weights_only=True)
+        set_rng_state(state["rng"])
     except CheckpointError:
         raise
     except Exception as e:  # unreadable despite a valid manifest: still the user's file, not our bug
         raise CheckpointError(f"cannot load checkpoint: {e}", where=str(path)) from None
-    set_rng_state(state["rng"])
     return state
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory atomically: yield a fresh temp folder beside ``path``; on success it
+    replaces ``path`` by rename, on error it is removed and an existing ``path`` is untouched.
+
+    Readers never see a half-written ``path``: it is either the old complete folder or the new
+    one. (Linux cannot rename a folder over a non-empty one, so an old ``path`` is first moved
+    aside and deleted after the swap; a crash between the two renames leaves it as
+    ``.old-<name>-*`` beside ``path``, never a partial ``path``.)
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):  # flush before the rename makes the folder visible
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+            os.replace(final, old / final.name)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if old is not None:  # put the previous folder back: never lose accepted work
+                os.replace(old / final.name, final)
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
