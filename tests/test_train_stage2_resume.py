@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from mixtune.config import PipelineConfig
 from mixtune.mixing.log import MixingLog
@@ -65,3 +67,22 @@ def test_resume_after_kill_past_a_cycle_does_not_duplicate_mixing_log_rows(tmp_p
     got = _rows(out, "mixing_log.jsonl")
     assert [r["weights"] for r in got] == [r["weights"] for r in ref]
     assert [r["step"] for r in _rows(out, "metrics.jsonl")] == list(range(1, 9))
+    # Exact resume, style-EMA buffers included (concept_spread is a style task here).
+    assert "style" in {r["group"] for r in _rows(out, "metrics.jsonl")}
+    a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_style_ema_buffers_are_checkpointed(tmp_path):
+    from helpers.synth import corpus, make_samples
+
+    samples = make_samples(twins=False)
+    base = make_test_model(tmp_path / "base", corpus(samples))
+    _train(samples, base, tmp_path / "run")
+    last = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    styled = sum(1 for r in _rows(tmp_path / "run", "metrics.jsonl") if r["group"] == "style")
+    assert state["modulation"] == {"method": "groups", "style_steps": styled} and styled > 0
+    buffers = torch.load(last / "extra.pt", weights_only=True)["style_ema"]
+    assert buffers and any(b.abs().sum() > 0 for b in buffers)

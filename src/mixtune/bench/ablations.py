@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from mixtune.bench import fixtures as F
+from mixtune.bench import fixtures
 
 ABLATION_SHAPE = {"vocab_size": 1500, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
@@ -23,13 +23,13 @@ def sizes(full: bool) -> dict:
         return {"n_per_task": 60, "s1_steps": 150, "s2_steps": 60, "eval_every": 10, "batch": 8, "val_per_task": 4,
                 "shape": ABLATION_SHAPE}
     return {"n_per_task": 10, "s1_steps": 4, "s2_steps": 4, "eval_every": 2, "batch": 4, "val_per_task": 4,
-            "shape": F.QUICK_SHAPE}
+            "shape": fixtures.QUICK_SHAPE}
 
 
 def base_config(seed: int, sz: dict):
     """Demo config with the ablation's sizes (same cadence and batch for every variant)."""
-    cfg = F.demo_config()
-    return F.with_updates(cfg, {
+    cfg = fixtures.demo_config()
+    return fixtures.with_updates(cfg, {
         # max_len 320: a perturbed twin's longer prompt must not truncate its (shared) answer
         "seed": seed, "stage1.max_len": 320, "stage2.max_len": 256, "stage1.steps": sz["s1_steps"], "stage1.batch_size": sz["batch"],
         "stage1.eval_every": 10_000, "stage1.checkpoint_every": 10_000, "stage1.warmup_steps": 5,
@@ -39,8 +39,8 @@ def base_config(seed: int, sz: dict):
 
 def seed_inputs(work: Path, seed: int, sz: dict) -> tuple[list, str, str]:
     """Dataset and base model of one seed (cached)."""
-    samples, source = F.load_dataset(work, n_per_task=sz["n_per_task"], seed=seed)
-    return samples, F.tiny_model(work, samples, sz["shape"], seed=seed), source
+    samples, source = fixtures.load_dataset(work, n_per_task=sz["n_per_task"], seed=seed)
+    return samples, fixtures.tiny_model(work, samples, sz["shape"], seed=seed), source
 
 
 def stage1_model(work: Path, cfg, samples: list, base_model: str, tag: str, *, reuse_any: bool = False) -> str:
@@ -78,7 +78,7 @@ def score(model, tok, samples: list, max_len: int) -> list[float]:
     import torch
 
     from mixtune.train.common import score_samples
-    from mixtune.train.stage1 import encode_samples
+    from mixtune.train.loop import encode_samples
 
     encs = encode_samples(tok, samples, max_len)
     return score_samples(model, encs, tok.pad_token_id, 32, torch.bfloat16)[0]

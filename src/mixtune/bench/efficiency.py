@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from mixtune.bench import throughput as T
+from mixtune.bench import throughput
 from mixtune.bench.harness import Context, row, summarize
 
 
@@ -35,13 +35,13 @@ def run(ctx: Context) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    sz, base, stage1, model, _ = T.setup(ctx)
+    sz, base, stage1, model, _ = throughput.setup(ctx)
     mc = AutoConfig.from_pretrained(model)
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model).parameters())
     tps, seq = [], []
     peaks = {"bf16": [], "fp32": []}
     for _ in range(ctx.repetitions):  # interleaved so load drift hits peak and training alike
-        r = T.mixtune_run(base, stage1, model, ctx.work, sz["steps"])
+        r = throughput.mixtune_run(base, stage1, model, ctx.work, sz["steps"])
         tps.append(r["tokens_per_s"])
         seq.append(r["mean_seq_len"])
         for k in peaks:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixtune.bench import ablations as A
+from mixtune.bench import ablations, fixtures
 from mixtune.bench.harness import Context, row
 
 METHODS = {
@@ -49,7 +49,7 @@ def train_method(ctx: Context, cfg, samples: list, s1: str, name: str) -> tuple[
                  families={t.id: t.family for t in onto.tasks.values()},
                  chains=[list(c.steps) for c in onto.chains.values()], rejection={},
                  engine=RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules))), progress=False)
-    curve = [(r["step"], min(r["val"].values())) for r in A.read_metrics(out / "metrics.jsonl") if r.get("val")]
+    curve = [(r["step"], min(r["val"].values())) for r in ablations.read_metrics(out / "metrics.jsonl") if r.get("val")]
     return str(out / "model"), curve
 
 
@@ -62,7 +62,7 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], methods: dict, path) 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     for i, (name, runs) in enumerate(curves.items()):
         steps = [s for s, _ in runs[0]]
-        ys = [A.mean(r[k][1] for r in runs if k < len(r)) for k in range(len(steps))]
+        ys = [ablations.mean(r[k][1] for r in runs if k < len(r)) for k in range(len(steps))]
         a.plot(steps, ys, label=name, color=f"C{i}", lw=2 if name.startswith("mixtune") else 1.2,
                ls="-" if name.startswith("mixtune") else "--")
     a.set_xlabel("stage-2 step")
@@ -82,36 +82,36 @@ def plot(curves: dict[str, list[list[tuple[int, float]]]], methods: dict, path) 
 
 
 def run(ctx: Context) -> dict:
-    sz = A.sizes(ctx.full)
+    sz = ablations.sizes(ctx.full)
     per: dict[str, list[dict]] = {m: [] for m in METHODS}
     curves: dict[str, list] = {m: [] for m in METHODS}
     source = ""
     stage1_used: list[str] = []
     for seed in ctx.seeds:
-        samples, base, source = A.seed_inputs(ctx.work, seed, sz)
-        cfg = A.base_config(seed, sz)
-        s1 = A.stage1_model(ctx.work, cfg, samples, base, "full", reuse_any=True)
+        samples, base, source = ablations.seed_inputs(ctx.work, seed, sz)
+        cfg = ablations.base_config(seed, sz)
+        s1 = ablations.stage1_model(ctx.work, cfg, samples, base, "full", reuse_any=True)
         stage1_used.append(Path(s1).parent.name)
         test = [s for s in samples if s.split == "test" and not s.parent_id]
         uniform_final = None
         for name, upd in METHODS.items():
             ctx.log(f"  mixing seed {seed}: {name}")
-            path, curve = train_method(ctx, A.F.with_updates(cfg, upd), samples, s1, name)
-            model, tok = A.load_for_scoring(path)
-            tasks = A.per_task(test, A.score(model, tok, test, cfg.stage2.max_len))
+            path, curve = train_method(ctx, fixtures.with_updates(cfg, upd), samples, s1, name)
+            model, tok = ablations.load_for_scoring(path)
+            tasks = ablations.per_task(test, ablations.score(model, tok, test, cfg.stage2.max_len))
             if name == "uniform":
                 uniform_final = curve[-1][1]
             reach = next((s for s, w in curve if w >= uniform_final), None)
-            per[name].append({"mean_score": A.mean(tasks.values()), "worst_task_score": min(tasks.values()),
+            per[name].append({"mean_score": ablations.mean(tasks.values()), "worst_task_score": min(tasks.values()),
                               "worst_task": min(tasks, key=tasks.get), "steps_to_uniform_final_worst": reach,
                               "per_task": tasks})
             curves[name].append(curve)
     methods = {}
     for name, rs in per.items():
         reached = [r["steps_to_uniform_final_worst"] for r in rs if r["steps_to_uniform_final_worst"] is not None]
-        methods[name] = {"mean_score": A.mean(r["mean_score"] for r in rs),
-                         "worst_task_score": A.mean(r["worst_task_score"] for r in rs),
-                         "steps_to_uniform_final_worst": A.mean(reached), "reached": f"{len(reached)}/{len(rs)}",
+        methods[name] = {"mean_score": ablations.mean(r["mean_score"] for r in rs),
+                         "worst_task_score": ablations.mean(r["worst_task_score"] for r in rs),
+                         "steps_to_uniform_final_worst": ablations.mean(reached), "reached": f"{len(reached)}/{len(rs)}",
                          "per_seed": rs}
     u = methods["uniform"]
     best_base = max(("uniform", "static", "dbl", "exp3"), key=lambda n: methods[n]["worst_task_score"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 
-from mixtune.bench import ablations as A
+from mixtune.bench import ablations, fixtures
 from mixtune.bench.harness import Context, row, summarize
 
 VARIANTS = {"full": {}, "no_consistency": {"stage1.consistency.enabled": False},
@@ -28,7 +28,7 @@ def cosine_gap_of(model, tok, samples: list, max_len: int) -> float:
     import torch
 
     from mixtune.train.collate import pad_batch
-    from mixtune.train.stage1 import encode_samples
+    from mixtune.train.loop import encode_samples
     from mixtune.train.supcon import cosine_gap, pool_instruction
 
     encs = encode_samples(tok, samples, max_len)
@@ -45,13 +45,13 @@ def cosine_gap_of(model, tok, samples: list, max_len: int) -> float:
 
 def evaluate(model_path: str, test: list, max_len: int) -> dict:
     """The four stage-1 metrics of one trained model."""
-    model, tok = A.load_for_scoring(model_path)
+    model, tok = ablations.load_for_scoring(model_path)
     clean = [s for s in test if not s.parent_id]
     twins = [s for s in test if s.parent_id]
     by_id = {s.id: s for s in clean}
     twins = [t for t in twins if t.parent_id in by_id]
-    sc = dict(zip([s.id for s in clean], A.score(model, tok, clean, max_len), strict=True))
-    tw = A.score(model, tok, twins, max_len)
+    sc = dict(zip([s.id for s in clean], ablations.score(model, tok, clean, max_len), strict=True))
+    tw = ablations.score(model, tok, twins, max_len)
     spread = []
     for t in sorted({s.task_id for s in clean}):
         by_p: dict[int, list[float]] = {}
@@ -62,8 +62,8 @@ def evaluate(model_path: str, test: list, max_len: int) -> dict:
         if len(means) > 1:
             spread.append(max(means) - min(means))
     drop = [sc[t.parent_id] - v for t, v in zip(twins, tw, strict=True)]
-    return {"score": statistics.fmean(sc.values()), "phrasing_spread": A.mean(spread),
-            "cosine_gap": cosine_gap_of(model, tok, clean, max_len), "perturbation_drop": A.mean(drop),
+    return {"score": statistics.fmean(sc.values()), "phrasing_spread": ablations.mean(spread),
+            "cosine_gap": cosine_gap_of(model, tok, clean, max_len), "perturbation_drop": ablations.mean(drop),
             "n_clean": len(clean), "n_twins": len(twins)}
 
 
@@ -87,18 +87,18 @@ def plot(variants: dict, path) -> str:
 
 
 def run(ctx: Context) -> dict:
-    sz = A.sizes(ctx.full)
+    sz = ablations.sizes(ctx.full)
     per_seed: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     source = ""
     for seed in ctx.seeds:
-        samples, base, source = A.seed_inputs(ctx.work, seed, sz)
-        cfg = A.base_config(seed, sz)
+        samples, base, source = ablations.seed_inputs(ctx.work, seed, sz)
+        cfg = ablations.base_config(seed, sz)
         test = [s for s in samples if s.split == "test" and s.stage == 1]
         for name, upd in VARIANTS.items():
             ctx.log(f"  stage-1 ablation seed {seed}: {name}")
-            path = A.stage1_model(ctx.work, A.F.with_updates(cfg, upd), samples, base, name)
+            path = ablations.stage1_model(ctx.work, fixtures.with_updates(cfg, upd), samples, base, name)
             per_seed[name].append(evaluate(path, test, cfg.stage1.max_len))
-    variants = {n: {m: A.mean(r[m] for r in rs) for m in METRICS} | {"per_seed": rs} for n, rs in per_seed.items()}
+    variants = {n: {m: ablations.mean(r[m] for r in rs) for m in METRICS} | {"per_seed": rs} for n, rs in per_seed.items()}
     full = variants["full"]
     table = []
     labels = {"score": "clean test score", "phrasing_spread": "per-phrasing score spread (lower better)",

@@ -9,6 +9,7 @@ back to the newest good one.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 
 from mixtune.errors import CheckpointError
 
@@ -42,8 +44,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-
     random.setstate(ast.literal_eval(state["python"]))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
@@ -57,8 +57,6 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
                     extra_tensors: dict | None = None) -> Path:
     """Write a checkpoint atomically (tmp folder + rename) and prune old ones beyond ``keep``."""
-    from safetensors.torch import save_file
-
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".tmp-step-{step:08d}"
@@ -118,8 +116,6 @@ def latest_good_checkpoint(ckpt_root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG; return the trainer state (step, policy states)."""
-    from safetensors.torch import load_file
-
     verify_checkpoint(path)
     try:
         weights = load_file(str(path / "model.safetensors"))

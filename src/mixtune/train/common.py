@@ -6,11 +6,17 @@ the pipeline config.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mixtune.errors import MixtuneError
 from mixtune.train.collate import IGNORE, Encoded, pad_batch
@@ -22,16 +28,12 @@ def load_model_and_tokenizer(path: str, *, finetune: str, lora_r: int = 16, lora
                              lora_dropout: float = 0.0, lora_targets: list[str] | None = None,
                              trust_remote_code: bool = False):
     """Load any HF causal LM by id or directory (weights in fp32: autocast handles precision)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     p = Path(path)
     if not p.exists() and (path.startswith((".", "/")) or path.count("/") != 1):
         raise MixtuneError("model path does not exist", where=path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if (p / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
             model = AutoPeftModelForCausalLM.from_pretrained(path).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
@@ -43,8 +45,6 @@ def load_model_and_tokenizer(path: str, *, finetune: str, lora_r: int = 16, lora
     if tokenizer.chat_template is None:
         raise MixtuneError("tokenizer has no chat template; set one or use an instruct model", where=path)
     if finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
         model = get_peft_model(model, LoraConfig(
             r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             target_modules=lora_targets or "all-linear", task_type="CAUSAL_LM"))
@@ -56,8 +56,6 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "
 
 def check_trackers(trackers: list[str], where: str) -> None:
     """Fail early, with the package to install, when a requested tracker is not importable."""
-    import importlib.util
-
     for t in trackers:
         pkg = TRACKER_PACKAGES[t]
         if importlib.util.find_spec(pkg) is None:
@@ -66,10 +64,12 @@ def check_trackers(trackers: list[str], where: str) -> None:
 
 def setup_accelerator(precision: str, trackers: list[str], out_dir: Path, seed: int, where: str):
     """Accelerator (gloo on CPU-only machines) seeded for the stage; returns (accelerator, autocast)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     check_trackers(trackers, where)
+    # The accelerator state is a process-wide singleton that refuses a second, different mixed
+    # precision: ``mixtune run`` trains both stages in one process, each with its own precision.
+    # Only the per-run part is reset; the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision,
                       log_with=trackers or None, project_dir=str(out_dir))
     set_seed(seed)

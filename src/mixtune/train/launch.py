@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from mixtune.errors import MixtuneError
@@ -44,8 +45,6 @@ def accelerate_config(profile: str, num_processes: int, mixed_precision: str, us
 
 
 def write_profile(run_dir: Path, stage: int, profile: str, num_processes: int, precision: str) -> Path:
-    import torch
-
     out = run_dir / "launch" / f"stage{stage}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = accelerate_config(profile, num_processes, precision, use_cpu=False)

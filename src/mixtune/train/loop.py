@@ -1,0 +1,125 @@
+"""The parts of a training loop both stage recipes share: encoding, per-task scoring, end of step.
+
+A stage recipe (``stage1.py``, ``stage2.py``) reads setup → train → save → cleanup; what is
+identical between the two lives here so neither stage imports the other. Everything takes flat
+arguments; the recipes alone see the pipeline config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from mixtune.train import batches
+from mixtune.train.checkpoint import latest_good_checkpoint, load_checkpoint
+from mixtune.train.clip import ClipSchedule
+from mixtune.train.collate import IGNORE, Encoded, encode_conversation
+from mixtune.train.common import save_final, score_samples
+
+SCORE_BATCH = 32  # validation batch size: scoring is no_grad, so it can be larger than training's
+
+
+def encode_samples(tokenizer, samples, max_len: int, progress: Progress | None = None,
+                   label: str = "tokenising") -> list[Encoded]:
+    """Tokenise samples' conversations (assistant-only labels), with an optional progress bar."""
+    task = progress.add_task(label, total=len(samples)) if progress else None
+    out = []
+    for s in samples:
+        out.append(encode_conversation(tokenizer, [m.model_dump() for m in s.messages], max_len, s.instruction))
+        if progress:
+            progress.advance(task)
+    return out
+
+
+def first_per_task(samples: list, n: int) -> list:
+    """The first ``n`` samples of every task, in order (a fixed, cheap validation subset)."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        if seen.get(s.task_id, 0) < n:
+            seen[s.task_id] = seen.get(s.task_id, 0) + 1
+            out.append(s)
+    return out
+
+
+@dataclass
+class TaskScores:
+    """Validation result per task: mean score, per-sample scores and mean loss."""
+
+    mean: dict[str, float]
+    per_sample: dict[str, list[float]]
+    loss: dict[str, float]
+
+
+def per_task_scores(model, tokenizer, samples: list, encs: list[Encoded], autocast_dtype,
+                    device: str | torch.device = "cpu") -> TaskScores:
+    """Teacher-forced answer accuracy and loss on the validation subset, grouped by task."""
+    scores, losses = score_samples(model, encs, tokenizer.pad_token_id, SCORE_BATCH, autocast_dtype, device)
+    per_sample: dict[str, list[float]] = {}
+    per_loss: dict[str, list[float]] = {}
+    for s, v, lo in zip(samples, scores, losses):
+        per_sample.setdefault(s.task_id, []).append(v)
+        per_loss.setdefault(s.task_id, []).append(lo)
+    return TaskScores(mean={t: sum(v) / len(v) for t, v in sorted(per_sample.items())}, per_sample=per_sample,
+                      loss={t: sum(v) / len(v) for t, v in per_loss.items()})
+
+
+def label_count(encs: list[Encoded], micro: list[list[int]], accelerator) -> int:
+    """Labelled next-token positions in a step's micro-batches, summed over ranks.
+
+    The loss of every micro-batch is divided by this, so a step's gradient is the mean over all its
+    labelled tokens whatever the accumulation and process count.
+    """
+    local = sum(sum(1 for x in encs[i].labels[1:] if x != IGNORE) for mb in micro for i in mb)
+    return batches.global_count(local, accelerator)
+
+
+def resume(ckpt_root: Path, accelerator, model, optimizer, scheduler, label: str) -> dict | None:
+    """Restore the newest intact checkpoint (weights, optimizer, scheduler, RNG); its state or None."""
+    ckpt = latest_good_checkpoint(ckpt_root)
+    if ckpt is None:
+        return None
+    state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+    accelerator.print(f"{label}: resuming from {ckpt.name}")
+    return state
+
+
+def optimizer_step(accelerator, params: list, optimizer, scheduler, clip: ClipSchedule, step: int) -> dict:
+    """Clip by the policy's threshold, step optimizer and scheduler, clear gradients; the clip record."""
+    thr = clip.threshold(step)
+    norm = accelerator.clip_grad_norm_(params, thr if thr is not None else float("inf"))
+    rec = clip.record(norm, step)
+    optimizer.step()
+    scheduler.step()  # stepped by hand: accelerate would step a prepared scheduler once per process
+    optimizer.zero_grad(set_to_none=True)
+    return rec
+
+
+def end_step(accelerator, step: int, record: dict, metrics, *, trackers: bool, checkpoint_due: bool,
+             save_checkpoint: Callable[[], object]) -> None:
+    """Write the step's record (metrics file, trackers), checkpoint on the main process when due, sync ranks."""
+    if metrics is not None:
+        metrics.write(record)
+    if trackers:
+        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step + 1)
+    if checkpoint_due and accelerator.is_main_process:
+        save_checkpoint()
+    accelerator.wait_for_everyone()
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """True after the (0-based) ``step`` when a periodic action runs: every ``every`` steps and at the end."""
+    return (step + 1) % every == 0 or step + 1 == total
+
+
+def finish(accelerator, model, tokenizer, out_dir: Path, *, merge: bool) -> Path:
+    """Save the final model on the main process, then end training on every process."""
+    if accelerator.is_main_process:
+        save_final(accelerator.unwrap_model(model), tokenizer, out_dir / "model", merge=merge)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out_dir / "model"
