@@ -200,3 +200,17 @@ def test_curriculum_and_modulation_settings_reach_the_objects(tmp_path):
     recipe.st = recipe.cfg.stage2
     recipe._setup_mixing()
     assert recipe.modulation.seed == 4  # default: the pipeline seed
+
+
+def test_memory_and_launcher_keys_are_accepted(tmp_path):
+    cfg = load_config(_write(tmp_path, (
+        "model:\n  dtype: bf16\n  finetune: lora\n  lora: {use_dora: true}\n  quantization: {bits: 4}\n"
+        "stage1: {gradient_checkpointing: true, lr: 0}\n"
+        "stage2:\n  gradient_checkpointing: true\n"
+        "  launcher: {profile: deepspeed_zero3, num_processes: 2, deepspeed_config: ds.json}\n")))
+    assert cfg.model.dtype == "bf16" and cfg.model.lora.use_dora and cfg.model.quantization.bits == 4
+    assert cfg.stage1.gradient_checkpointing and cfg.stage1.lr == 0 and cfg.stage2.gradient_checkpointing
+    assert cfg.stage2.launcher.deepspeed_config == "ds.json"
+    assert PipelineConfig().model.dtype == "auto" and PipelineConfig().model.quantization is None
+    with pytest.raises(ConfigError, match="model.quantization.bits"):
+        load_config(_write(tmp_path, "model:\n  quantization: {bits: 8}\n"))

@@ -40,6 +40,14 @@ class LoraConfig(Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (peft's use_dora)")
+
+
+class QuantizationConfig(Strict):
+    """QLoRA: the frozen base in 4-bit (bitsandbytes, CUDA only; pip install 'mixtune[qlora]')."""
+
+    bits: Literal[4] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
 
 
 class ModelConfig(Strict):
@@ -48,7 +56,10 @@ class ModelConfig(Strict):
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = LoraConfig()
     merge_adapter: bool = Field(False, description="also save a merged full model next to the adapter")
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="weight dtype: auto = bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU; "
+                            "trainable LoRA parameters are always fp32")
+    quantization: QuantizationConfig | None = Field(None, description="e.g. {bits: 4} for QLoRA (needs lora, CUDA)")
     trust_remote_code: bool = False
 
 
@@ -91,6 +102,8 @@ class AdversarialConfig(Strict):
 class LauncherConfig(Strict):
     profile: Literal["single", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "single"
     num_processes: int = Field(1, ge=1)
+    deepspeed_config: str | None = Field(None, description="your DeepSpeed JSON/YAML, replacing the generated "
+                                                           "one (deepspeed profiles only)")
 
 
 class BaseStageConfig(Strict):
@@ -99,7 +112,7 @@ class BaseStageConfig(Strict):
     steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, ge=0, description="0 freezes the weights (e.g. to check what a stage saves)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -109,6 +122,7 @@ class BaseStageConfig(Strict):
     eval_samples_per_task: int = Field(16, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     clip: ClipConfig = ClipConfig()
     launcher: LauncherConfig = LauncherConfig()
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)

@@ -28,7 +28,7 @@ from mixtune.rundir import RunDir
 from mixtune.train.launch import launch_stage, write_profile
 from mixtune.train.loop import first_per_task
 from mixtune.train.stage1 import train_stage1
-from mixtune.train.stage2 import train_stage2
+from mixtune.train.stage2 import style_ema_in_use, train_stage2
 
 console = Console(stderr=True)
 STEPS = ("data", "base_model", "stage1", "stage2", "eval", "gates", "report")
@@ -85,7 +85,11 @@ def launch_if_distributed(cfg: PipelineConfig, rd: RunDir, stage: int) -> bool:
     st = cfg.stage1 if stage == 1 else cfg.stage2
     if st.launcher.profile == "single" and st.launcher.num_processes == 1:
         return False
-    profile = write_profile(rd.path, stage, st.launcher.profile, st.launcher.num_processes, st.precision)
+    ds = st.launcher.deepspeed_config
+    profile = write_profile(rd.path, stage, st.launcher.profile, st.launcher.num_processes, st.precision,
+                            grad_accum=st.grad_accum, clip_policy=st.clip.policy, clip_value=st.clip.start,
+                            style_ema=style_ema_in_use(cfg) if stage == 2 else 0.0,
+                            deepspeed_config=cfg.resolve(ds) if ds else None)
     launch_stage(stage, rd.path / "config.resolved.yaml", profile, st.launcher.num_processes)
     return True
 

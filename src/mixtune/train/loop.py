@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
+from rich.console import Console
 from rich.progress import Progress
 
 from mixtune.train import batches
@@ -19,7 +21,10 @@ from mixtune.train.checkpoint import latest_good_checkpoint, load_checkpoint
 from mixtune.train.clip import ClipSchedule
 from mixtune.train.collate import IGNORE, Encoded, encode_conversation
 from mixtune.train.common import save_final, score_samples
+from mixtune.train.launch import check_engine_owned_options
+from mixtune.train.modeling import is_adapter, lr_warning, merged_base, parameter_count
 
+console = Console(stderr=True)
 SCORE_BATCH = 32  # validation batch size: scoring is no_grad, so it can be larger than training's
 
 
@@ -78,6 +83,35 @@ def label_count(encs: list[Encoded], micro: list[list[int]], accelerator) -> int
     return batches.global_count(local, accelerator)
 
 
+def stacking_base(accelerator, model_path: str, out_dir: Path) -> str:
+    """The model a stage loads: ``model_path``, or the merged copy when it is a LoRA adapter.
+
+    The merged copy becomes the new adapter's recorded base, so stage 2's adapter stacks on stage 1
+    (see :mod:`mixtune.train.modeling`). Merging runs on the main process with the RNG forked, so
+    a run that finds the copy already written (a resume) draws the same random numbers.
+    """
+    if not is_adapter(model_path):
+        return model_path
+    if accelerator.is_main_process:
+        with torch.random.fork_rng():
+            merged_base(Path(model_path), out_dir / "base")
+    accelerator.wait_for_everyone()
+    return str(merged_base(Path(model_path), out_dir / "base"))
+
+
+def warn_unusual_lr(accelerator, where: str, finetune: str, lr: float, model) -> None:
+    """Print (not raise) a warning naming an lr far from typical for the mode and model size."""
+    warning = lr_warning(finetune, lr, parameter_count(model))
+    if warning and accelerator.is_main_process:
+        console.print(f"[yellow]warning:[/] {where}: {warning}")
+
+
+def refuse_engine_owned_options(accelerator, stage: int, clip_policy: str, style_ema: float = 0.0) -> None:
+    """The launch-time refusals again, for a stage started under DeepSpeed by hand (accelerate launch)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        check_engine_owned_options(stage, "deepspeed", clip_policy=clip_policy, style_ema=style_ema)
+
+
 def resume(ckpt_root: Path, accelerator, model, optimizer, scheduler, label: str) -> dict | None:
     """Restore the newest intact checkpoint (weights, optimizer, scheduler, RNG); its state or None."""
     ckpt = latest_good_checkpoint(ckpt_root)
@@ -99,15 +133,21 @@ def optimizer_step(accelerator, params: list, optimizer, scheduler, clip: ClipSc
     return rec
 
 
-def end_step(accelerator, step: int, record: dict, metrics, *, trackers: bool, checkpoint_due: bool,
-             save_checkpoint: Callable[[], object]) -> None:
-    """Write the step's record (metrics file, trackers), checkpoint on the main process when due, sync ranks."""
+def end_step(accelerator, model, step: int, record: dict, metrics, *, trackers: bool, checkpoint_due: bool,
+             save_checkpoint: Callable[[dict], object]) -> None:
+    """Write the step's record (metrics file, trackers), checkpoint when due, sync ranks.
+
+    ``save_checkpoint`` gets the gathered model state (``accelerator.get_state_dict``: every rank
+    takes part, so ZeRO-3 / FSDP shards are complete) and runs on the main process only.
+    """
     if metrics is not None:
         metrics.write(record)
     if trackers:
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step + 1)
-    if checkpoint_due and accelerator.is_main_process:
-        save_checkpoint()
+    if checkpoint_due:
+        state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            save_checkpoint(state)
     accelerator.wait_for_everyone()
 
 
@@ -117,9 +157,10 @@ def due(step: int, every: int, total: int) -> bool:
 
 
 def finish(accelerator, model, tokenizer, out_dir: Path, *, merge: bool) -> Path:
-    """Save the final model on the main process, then end training on every process."""
+    """Save the final model (gathered state) on the main process, then end training on every process."""
+    state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), tokenizer, out_dir / "model", merge=merge)
+        save_final(accelerator.unwrap_model(model), tokenizer, out_dir / "model", merge=merge, state_dict=state)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out_dir / "model"

@@ -25,7 +25,6 @@ from mixtune.train.collate import IGNORE, encode_conversation, pack_batch, pad_b
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
-    load_from_model_config,
     make_optimizer,
     make_scheduler,
     setup_accelerator,
@@ -40,8 +39,12 @@ from mixtune.train.loop import (
     label_count,
     optimizer_step,
     per_task_scores,
+    refuse_engine_owned_options,
     resume,
+    stacking_base,
+    warn_unusual_lr,
 )
+from mixtune.train.modeling import load_from_model_config
 from mixtune.train.neftune import neftune
 from mixtune.train.supcon import compose_consistency_batch, cosine_gap, pool_instruction, supcon_loss
 
@@ -61,7 +64,11 @@ class Stage1Recipe:
         self.acc, self.autocast = setup_accelerator(st.precision, st.trackers, self.out_dir, self.cfg.seed,
                                                     "stage1.trackers")
         self.autocast_dtype = DTYPES[st.precision]
-        self.model, self.tokenizer = load_from_model_config(self.cfg.model, self.model_path)
+        refuse_engine_owned_options(self.acc, 1, st.clip.policy)
+        base = stacking_base(self.acc, self.model_path, self.out_dir)
+        self.model, self.tokenizer = load_from_model_config(self.cfg.model, base,
+                                                            gradient_checkpointing=st.gradient_checkpointing)
+        warn_unusual_lr(self.acc, "stage1.lr", self.cfg.model.finetune, st.lr, self.model)
         self._setup_data()
         optimizer = make_optimizer(self.model, st.lr, st.weight_decay)
         self.scheduler = make_scheduler(optimizer, st.lr_schedule, st.warmup_steps, self.total)
@@ -158,11 +165,11 @@ class Stage1Recipe:
         if due(step, st.eval_every, self.total):
             record["val"] = per_task_scores(acc.unwrap_model(model), self.tokenizer, self.val, self.val_encs,
                                             self.autocast_dtype, acc.device).mean
-        end_step(acc, step, record, self.metrics, trackers=bool(st.trackers),
+        end_step(acc, model, step, record, self.metrics, trackers=bool(st.trackers),
                  checkpoint_due=due(step, st.checkpoint_every, self.total),
-                 save_checkpoint=lambda: save_checkpoint(
+                 save_checkpoint=lambda model_state: save_checkpoint(
                      self.ckpt_root, step + 1, acc.unwrap_model(model), self.optimizer, self.scheduler,
-                     {"clip": self.clip.state_dict()}, st.keep_checkpoints))
+                     {"clip": self.clip.state_dict()}, st.keep_checkpoints, model_state=model_state))
         return ce
 
     def _loss_step(self, idx: list[int], step: int, n_micro: int, n_labels: int) -> tuple[torch.Tensor, dict]:

@@ -35,7 +35,6 @@ from mixtune.train.collate import IGNORE, pad_batch, token_ids_for_spans
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
-    load_from_model_config,
     make_optimizer,
     make_scheduler,
     setup_accelerator,
@@ -50,8 +49,12 @@ from mixtune.train.loop import (
     label_count,
     optimizer_step,
     per_task_scores,
+    refuse_engine_owned_options,
     resume,
+    stacking_base,
+    warn_unusual_lr,
 )
+from mixtune.train.modeling import load_from_model_config
 from mixtune.train.orchestrate import carry_forward, related_pairs, side_by_side
 
 
@@ -70,6 +73,12 @@ def unlikelihood(logits: torch.Tensor, labels: torch.Tensor, neg: list[list[int]
         total = total - torch.log1p(-p_neg).sum()
         count += len(pos)
     return total / max(1, count)
+
+
+def style_ema_in_use(cfg: PipelineConfig) -> float:
+    """Stage 2's style-EMA factor when its modulation rewrites gradients, else 0."""
+    mod = cfg.stage2.modulation
+    return mod.style_ema if mod.enabled and mod.method == "groups" else 0.0
 
 
 class Stage2Recipe:
@@ -92,7 +101,11 @@ class Stage2Recipe:
         self.acc, self.autocast = setup_accelerator(st.precision, st.trackers, self.out_dir, self.cfg.seed,
                                                     "stage2.trackers")
         self.autocast_dtype = DTYPES[st.precision]
-        self.model, self.tokenizer = load_from_model_config(self.cfg.model, self.model_path)
+        refuse_engine_owned_options(self.acc, 2, st.clip.policy, style_ema_in_use(self.cfg))
+        base = stacking_base(self.acc, self.model_path, self.out_dir)
+        self.model, self.tokenizer = load_from_model_config(self.cfg.model, base,
+                                                            gradient_checkpointing=st.gradient_checkpointing)
+        warn_unusual_lr(self.acc, "stage2.lr", self.cfg.model.finetune, st.lr, self.model)
         self._setup_data()
         self._setup_mixing()
         optimizer = make_optimizer(self.model, st.lr, st.weight_decay)
@@ -207,9 +220,9 @@ class Stage2Recipe:
                   "step_time_s": time.perf_counter() - t0}
         if due(step, st.eval_every, self.total):
             record["val"] = self._evaluation_cycle(step)
-        end_step(acc, step, record, self.metrics, trackers=bool(st.trackers),
+        end_step(acc, model, step, record, self.metrics, trackers=bool(st.trackers),
                  checkpoint_due=due(step, st.checkpoint_every, self.total),
-                 save_checkpoint=lambda: self._save_checkpoint(step))
+                 save_checkpoint=lambda model_state: self._save_checkpoint(step, model_state))
         return ce
 
     def _loss_step(self, mb: list[int], scale: float, ul_w: float, n_micro: int,
@@ -243,12 +256,13 @@ class Stage2Recipe:
                                         progress=(step + 1) / self.total))
         return scores.mean
 
-    def _save_checkpoint(self, step: int) -> None:
+    def _save_checkpoint(self, step: int, model_state: dict) -> None:
         save_checkpoint(self.ckpt_root, step + 1, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, {
             "cycle": self.cycle, "clip": self.clip.state_dict(), "policy": self.policy.state_dict(),
             "curriculum": self.curriculum.state_dict(), "modulation": self.modulation.state_dict(),
             "sampler": self.sampler.state_dict()},
-            self.st.keep_checkpoints, extra_tensors={"style_ema": self.modulation.style_buffers()})
+            self.st.keep_checkpoints, extra_tensors={"style_ema": self.modulation.style_buffers()},
+            model_state=model_state)
 
     # ------------------------------------------------------------------ save + cleanup
     def save_and_cleanup(self) -> Path:
