@@ -16,7 +16,7 @@ from mixtune.config import PipelineConfig
 from mixtune.errors import MixtuneError
 from mixtune.pipeline import launch_if_distributed
 from mixtune.train.launch import accelerate_config, user_deepspeed_config, write_profile
-from mixtune.train.loop import refuse_engine_owned_options
+from mixtune.train.loop import engine_loss_factor, micro_batch_context, refuse_engine_owned_options
 
 
 def test_generated_deepspeed_config_takes_accumulation_and_clipping_from_the_stage():
@@ -105,3 +105,26 @@ def test_checkpoints_and_final_save_use_the_gathered_state_dict(tmp_path, monkey
     ckpt = load_file(str(tmp_path / "s1" / "checkpoints" / "step-00000002" / "model.safetensors"))
     name = next(k for k in final if k.endswith("norm.weight"))
     assert final[name].mean().item() > 1.5 and ckpt[name].mean().item() > 1.5  # norm weights start at 1
+
+
+def test_user_deepspeed_accumulation_must_match_the_stage(tmp_path):
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"gradient_accumulation_steps": 2}))
+    with pytest.raises(MixtuneError, match="grad_accum is 4"):
+        user_deepspeed_config(user, tmp_path / "o.json", "stage1.launcher.deepspeed_config", grad_accum=4)
+    assert user_deepspeed_config(user, tmp_path / "o.json", "w", grad_accum=2).is_file()
+    user.write_text("{}")  # "auto" is filled with 1 by accelerate
+    with pytest.raises(MixtuneError, match="gradient_accumulation_steps"):
+        user_deepspeed_config(user, tmp_path / "o.json", "w", grad_accum=2)
+
+
+def test_deepspeed_accumulation_boundary_and_loss_factor_follow_the_micro_batches():
+    flags = []
+    ds = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, no_sync=lambda model: nullcontext(),
+                         gradient_state=SimpleNamespace(_set_sync_gradients=flags.append))
+    for m in range(3):
+        with micro_batch_context(ds, None, last=m == 2):
+            pass
+    assert flags == [False, False, True]  # the engine steps once, after the last micro-batch
+    assert engine_loss_factor(ds, 3) == 3  # the engine divides by its accumulation steps: undone
+    assert engine_loss_factor(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), 3) == 1

@@ -45,8 +45,12 @@ def check_engine_owned_options(stage: int, profile: str, *, clip_policy: str, st
                            where="stage2.modulation.style_ema")
 
 
-def user_deepspeed_config(path: Path, out: Path, where: str) -> Path:
-    """Validate a user's DeepSpeed JSON or YAML and write it as JSON to ``out`` (what the run used)."""
+def user_deepspeed_config(path: Path, out: Path, where: str, grad_accum: int = 1) -> Path:
+    """Validate a user's DeepSpeed JSON or YAML and write it as JSON to ``out`` (what the run used).
+
+    Its accumulation must match the stage's: the loop normalises every step's loss over
+    ``grad_accum`` micro-batches, and the engine steps every ``gradient_accumulation_steps``.
+    """
     if not path.is_file():
         raise MixtuneError("DeepSpeed config file not found", where=f"{where}: {path}")
     try:
@@ -56,6 +60,10 @@ def user_deepspeed_config(path: Path, out: Path, where: str) -> Path:
                            where=f"{where}: {path}") from None
     if not isinstance(data, dict):
         raise MixtuneError("DeepSpeed config must be a mapping", where=f"{where}: {path}")
+    gas = data.get("gradient_accumulation_steps", "auto")
+    if gas != grad_accum and not (gas == "auto" and grad_accum == 1):
+        raise MixtuneError(f"gradient_accumulation_steps is {gas!r} but the stage's grad_accum is {grad_accum}; "
+                           "set them equal", where=f"{where}: {path}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     return out
@@ -105,7 +113,7 @@ def write_profile(run_dir: Path, stage: int, profile: str, num_processes: int, p
         raise MixtuneError(f"a DeepSpeed config needs a deepspeed profile, not {profile!r}", where=where)
     check_engine_owned_options(stage, profile, clip_policy=clip_policy, style_ema=style_ema)
     ds_file = None if deepspeed_config is None else user_deepspeed_config(
-        deepspeed_config, run_dir / "launch" / f"stage{stage}.deepspeed.json", where)
+        deepspeed_config, run_dir / "launch" / f"stage{stage}.deepspeed.json", where, grad_accum)
     cfg = accelerate_config(profile, num_processes, precision, use_cpu=False, grad_accum=grad_accum,
                             clip_policy=clip_policy, clip_value=clip_value, deepspeed_file=ds_file)
     if not torch.cuda.is_available() and profile.startswith(("fsdp", "deepspeed")):

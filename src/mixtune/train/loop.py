@@ -8,6 +8,7 @@ arguments; the recipes alone see the pipeline config.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,27 @@ def refuse_engine_owned_options(accelerator, stage: int, clip_policy: str, style
     """The launch-time refusals again, for a stage started under DeepSpeed by hand (accelerate launch)."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         check_engine_owned_options(stage, "deepspeed", clip_policy=clip_policy, style_ema=style_ema)
+
+
+def micro_batch_context(accelerator, model, last: bool):
+    """Gradients are synchronised on the step's last micro-batch only.
+
+    DDP / FSDP: ``no_sync`` before the last. DeepSpeed: accelerate's ``backward`` tells the engine
+    it is at an accumulation boundary (and steps it) when ``sync_gradients`` is set, so the flag is
+    set per micro-batch; it is True again for the step's last one.
+    """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.gradient_state._set_sync_gradients(last)  # the flag accelerate's accumulate() sets
+    return nullcontext() if last else accelerator.no_sync(model)
+
+
+def engine_loss_factor(accelerator, grad_accum: int) -> int:
+    """Undo DeepSpeed's division of each micro-batch loss by its accumulation steps.
+
+    The stages already normalise a step's loss over all its micro-batches (by the global label
+    count), so under DeepSpeed the loss is multiplied back; elsewhere the factor is 1.
+    """
+    return grad_accum if accelerator.distributed_type == DistributedType.DEEPSPEED else 1
 
 
 def resume(ckpt_root: Path, accelerator, model, optimizer, scheduler, label: str) -> dict | None:

@@ -34,9 +34,11 @@ from mixtune.train.loop import (
     due,
     encode_samples,
     end_step,
+    engine_loss_factor,
     finish,
     first_per_task,
     label_count,
+    micro_batch_context,
     optimizer_step,
     per_task_scores,
     refuse_engine_owned_options,
@@ -64,6 +66,7 @@ class Stage1Recipe:
         self.acc, self.autocast = setup_accelerator(st.precision, st.trackers, self.out_dir, self.cfg.seed,
                                                     "stage1.trackers")
         self.autocast_dtype = DTYPES[st.precision]
+        self.engine_factor = engine_loss_factor(self.acc, st.grad_accum)
         refuse_engine_owned_options(self.acc, 1, st.clip.policy)
         base = stacking_base(self.acc, self.model_path, self.out_dir)
         self.model, self.tokenizer = load_from_model_config(self.cfg.model, base,
@@ -143,11 +146,10 @@ class Stage1Recipe:
         n_labels = label_count(self.encs, micro, acc)
         sums = {"ce": 0.0, "con": 0.0, "adv": 0.0, "tokens": 0, "gap": None}
         for m, idx in enumerate(micro):
-            # Gradients are all-reduced on the last micro-batch only.
-            with acc.no_sync(model) if m < len(micro) - 1 else torch.enable_grad():
+            with micro_batch_context(acc, model, last=m == len(micro) - 1):
                 with self.autocast(), neftune(acc.unwrap_model(model), st.neftune_alpha):
                     loss, terms = self._loss_step(idx, step, len(micro), n_labels)
-                acc.backward(loss)
+                acc.backward(loss * self.engine_factor if self.engine_factor != 1 else loss)
             for k in ("ce", "con", "adv", "tokens"):
                 sums[k] += terms[k]
             if terms["gap"] is not None:

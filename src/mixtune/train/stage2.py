@@ -44,9 +44,11 @@ from mixtune.train.loop import (
     due,
     encode_samples,
     end_step,
+    engine_loss_factor,
     finish,
     first_per_task,
     label_count,
+    micro_batch_context,
     optimizer_step,
     per_task_scores,
     refuse_engine_owned_options,
@@ -101,6 +103,7 @@ class Stage2Recipe:
         self.acc, self.autocast = setup_accelerator(st.precision, st.trackers, self.out_dir, self.cfg.seed,
                                                     "stage2.trackers")
         self.autocast_dtype = DTYPES[st.precision]
+        self.engine_factor = engine_loss_factor(self.acc, st.grad_accum)
         refuse_engine_owned_options(self.acc, 2, st.clip.policy, style_ema_in_use(self.cfg))
         base = stacking_base(self.acc, self.model_path, self.out_dir)
         self.model, self.tokenizer = load_from_model_config(self.cfg.model, base,
@@ -200,11 +203,10 @@ class Stage2Recipe:
         ul_w = self.modulation.unlikelihood_weight(group)
         sums = {"ce": 0.0, "ul": 0.0, "tokens": 0}
         for m, mb in enumerate(micro):
-            # Gradients are all-reduced on the last micro-batch only.
-            with acc.no_sync(model) if m < len(micro) - 1 else torch.enable_grad():
+            with micro_batch_context(acc, model, last=m == len(micro) - 1):
                 with self.autocast():
                     loss, terms = self._loss_step(mb, scale, ul_w, len(micro), n_labels)
-                acc.backward(loss)
+                acc.backward(loss * self.engine_factor if self.engine_factor != 1 else loss)
             for k in sums:
                 sums[k] += terms[k]
         self.modulation.observe(group, sums["ce"] / max(1, n_labels))
