@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mixtune.errors import CheckpointError, ConfigError
-from mixtune.mixing import AdaptiveModulation, GroupModulation, ema_update, make_modulation
+from mixtune.mixing import AdaptiveModulation, GroupModulation, make_modulation
 
 
 def test_group_factors():
@@ -20,41 +21,71 @@ def test_group_factors():
         m.loss_scale("humour")
 
 
-def test_style_ema_damps_alternating_gradients():
+def _params(*grads):
+    out = []
+    for g in grads:
+        p = torch.zeros(len(g), requires_grad=True)
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        out.append(p)
+    return out
+
+
+def _set_grads(params, *grads):
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else torch.tensor(g, dtype=torch.float32)
+
+
+def test_style_ema_is_bias_corrected_and_damps_alternating_gradients():
     m = GroupModulation(style_ema=0.9)
-    g1, g2 = np.array([1.0, -1.0]), np.array([-1.0, 1.0])
-    assert np.allclose(m.smooth_style(g1), g1)  # first call starts from the gradient, not zeros
-    out = m.smooth_style(g2)
-    assert np.allclose(out, 0.9 * g1 + 0.1 * g2)
+    g1, g2 = [1.0, -1.0], [-1.0, 1.0]
+    params = _params(g1)
+    m.smooth_style_(params)
+    assert torch.allclose(params[0].grad, torch.tensor(g1))  # bias correction: the first step passes unchanged
+    _set_grads(params, g2)
+    m.smooth_style_(params)
+    # buf = 0.9·0.1·g1 + 0.1·g2, divided by 1 - 0.9²
+    expect = (0.09 * torch.tensor(g1) + 0.1 * torch.tensor(g2)) / (1 - 0.81)
+    assert torch.allclose(params[0].grad, expect)
     for i in range(50):
-        out = m.smooth_style(g1 if i % 2 else g2)
-    assert np.abs(out).max() < 0.2  # raw gradients have magnitude 1
-    # separate streams per parameter key
-    assert np.allclose(m.smooth_style(np.ones(3), key="w2"), np.ones(3))
-    assert GroupModulation(enabled=False).smooth_style(g1) is g1
+        _set_grads(params, g1 if i % 2 else g2)
+        m.smooth_style_(params)
+    assert params[0].grad.abs().max() < 0.2  # raw gradients have magnitude 1
+    assert m.style_steps == 52
 
 
-def test_ema_update_is_duck_typed():
-    import torch
-
-    prev = ema_update(None, torch.ones(2), 0.5)
-    nxt = ema_update(prev, torch.zeros(2), 0.5)
-    assert isinstance(nxt, torch.Tensor) and torch.allclose(nxt, torch.full((2,), 0.5))
-    assert ema_update(2.0, 4.0, 0.75) == pytest.approx(2.5)
-    assert np.allclose(ema_update(None, [1.0, 2.0], 0.9), [1.0, 2.0])
+def test_style_ema_keeps_one_buffer_per_parameter_and_skips_missing_grads():
+    m = GroupModulation(style_ema=0.5)
+    params = _params([2.0], [4.0, 4.0])
+    m.smooth_style_(params)
+    _set_grads(params, [0.0], None)
+    m.smooth_style_(params)
+    assert params[1].grad is None
+    assert torch.allclose(m.buffers[1], torch.tensor([2.0, 2.0]))  # untouched by the step without a gradient
+    assert torch.allclose(params[0].grad, torch.tensor([(0.5 * 0.5 * 2.0) / (1 - 0.25)]))
+    off = GroupModulation(enabled=False)
+    params = _params([3.0])
+    off.smooth_style_(params)
+    assert params[0].grad.item() == 3.0 and off.buffers == [] and off.style_steps == 0
 
 
 def test_group_state_round_trip():
     m = GroupModulation()
-    m.smooth_style(np.array([1.0, 2.0]))
-    m.smooth_style(np.array([3.0, 0.0]))
+    params = _params([1.0, 2.0])
+    m.smooth_style_(params)
+    _set_grads(params, [3.0, 0.0])
+    m.smooth_style_(params)
     state = json.loads(json.dumps(m.state_dict()))
     n = GroupModulation()
     n.load_state_dict(state)
-    g = np.array([0.5, 0.5])
-    assert np.allclose(n.smooth_style(g), m.smooth_style(g))
+    n.load_style_buffers(m.style_buffers(), params)
+    a, b = _params([0.5, 0.5]), _params([0.5, 0.5])
+    m.smooth_style_(a)
+    n.smooth_style_(b)
+    assert torch.equal(a[0].grad, b[0].grad)
     with pytest.raises(CheckpointError):
         AdaptiveModulation(method="famo").load_state_dict(state)
+    with pytest.raises(CheckpointError, match="style buffers"):
+        n.load_style_buffers(m.style_buffers(), params + _params([1.0]))
 
 
 def test_uncertainty_weighting_downweights_noisy_group():
@@ -78,7 +109,10 @@ def test_famo_favours_group_whose_loss_falls_slowly():
         m.observe("style", slow)
     z = m._z()
     assert z["style"] > z["logic"]
-    assert m.unlikelihood_weight("safety") == 0.5 and m.smooth_style(3.0) == 3.0
+    assert m.unlikelihood_weight("safety") == 0.5
+    params = _params([3.0])
+    m.smooth_style_(params)  # adaptive methods reweight losses only
+    assert params[0].grad.item() == 3.0 and m.style_buffers() == []
 
 
 def test_adaptive_state_round_trip_and_factory():

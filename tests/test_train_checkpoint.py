@@ -161,3 +161,20 @@ def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path):
         (tmp / "model.safetensors").write_text("v2")
     assert (target / "model.safetensors").read_text() == "v2"
     assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # no temp or old folders left
+def test_stages_with_different_precisions_run_in_one_process(tmp_path):
+    """``mixtune run`` trains both stages in one process; each builds its own accelerator."""
+    from helpers.synth import corpus, make_samples
+
+    from mixtune.config import PipelineConfig
+    from mixtune.model.tiny import make_test_model
+    from mixtune.train.stage1 import train_stage1
+    from mixtune.train.stage2 import train_stage2
+
+    samples = make_samples(twins=False)
+    base = make_test_model(tmp_path / "base", corpus(samples))
+    cfg = PipelineConfig.model_validate({"stage1": {"steps": 1, "batch_size": 4, "precision": "bf16"},
+                                         "stage2": {"steps": 1, "batch_size": 4, "precision": "fp32"}})
+    s1 = train_stage1(cfg, samples, str(base), tmp_path / "s1", progress=False)
+    s2 = train_stage2(cfg, samples, str(s1), tmp_path / "s2", business_value={}, groups={}, families={},
+                      chains=[], rejection={}, progress=False)
+    assert (s2 / "model.safetensors").is_file()

@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from mixtune.errors import ConfigError
+from mixtune.mixing import curriculum, heat, modulation
 
 
 class Strict(BaseModel):
@@ -38,6 +40,14 @@ class LoraConfig(Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (peft's use_dora)")
+
+
+class QuantizationConfig(Strict):
+    """QLoRA: the frozen base in 4-bit (bitsandbytes, CUDA only; pip install 'mixtune[qlora]')."""
+
+    bits: Literal[4] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
 
 
 class ModelConfig(Strict):
@@ -46,7 +56,10 @@ class ModelConfig(Strict):
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = LoraConfig()
     merge_adapter: bool = Field(False, description="also save a merged full model next to the adapter")
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="weight dtype: auto = bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU; "
+                            "trainable LoRA parameters are always fp32")
+    quantization: QuantizationConfig | None = Field(None, description="e.g. {bits: 4} for QLoRA (needs lora, CUDA)")
     trust_remote_code: bool = False
 
 
@@ -135,62 +148,78 @@ class AdversarialConfig(Strict):
 class LauncherConfig(Strict):
     profile: Literal["single", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "single"
     num_processes: int = Field(1, ge=1)
+    deepspeed_config: str | None = Field(None, description="your DeepSpeed JSON/YAML, replacing the generated "
+                                                           "one (deepspeed profiles only)")
 
 
-class StageConfig(Strict):
+class BaseStageConfig(Strict):
+    """Keys both stages read; :class:`Stage1Config` and :class:`Stage2Config` add their own."""
+
     steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, ge=0, description="0 freezes the weights (e.g. to check what a stage saves)")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_len: int = Field(192, ge=16)
-    packing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     eval_every: int = Field(50, ge=1)
     eval_samples_per_task: int = Field(16, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    neftune_alpha: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
     clip: ClipConfig = ClipConfig()
-    consistency: ConsistencyConfig = ConsistencyConfig()
-    adversarial: AdversarialConfig = AdversarialConfig()
     launcher: LauncherConfig = LauncherConfig()
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
 
 
+class Stage1Config(BaseStageConfig):
+    """Stage 1 (instruction-structure alignment): adds packing, NEFTune, SupCon and twin-KL."""
+
+    packing: bool = False
+    neftune_alpha: float = Field(0.0, ge=0)
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
+
+
 class MixingConfig(Strict):
     method: Literal["heat", "uniform", "static", "dbl", "exp3"] = "heat"
-    eta: float = Field(2.0, ge=0)
-    uniform_mix: float = Field(0.1, ge=0, le=1)
-    floor: float = Field(0.03, ge=0, lt=1)
-    cap: float = Field(0.5, gt=0, le=1)
-    ema: float = Field(0.5, ge=0, lt=1)
-    heat_weights: dict[str, float] = Field(
-        default_factory=lambda: {"decay": 1.0, "cv": 0.5, "rejection": 0.5, "gap": 1.0})
+    eta: float = Field(heat.DEFAULT_ETA, ge=0)
+    uniform_mix: float = Field(heat.DEFAULT_UNIFORM_MIX, ge=0, le=1)
+    floor: float = Field(heat.DEFAULT_FLOOR, ge=0, lt=1)
+    cap: float = Field(heat.DEFAULT_CAP, gt=0, le=1)
+    ema: float = Field(heat.DEFAULT_EMA, ge=0, lt=1)
+    heat_weights: dict[str, float] = Field(default_factory=lambda: dict(heat.DEFAULT_HEAT_WEIGHTS))
 
 
 class CurriculumConfig(Strict):
     enabled: bool = True
-    early: list[float] = Field(default_factory=lambda: [0.5, 0.4, 0.1, 0.0, 0.0])
-    middle: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.3, 0.3, 0.0])
-    late: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3, 0.3, 0.3])
-    mastery_threshold: float = Field(0.8, ge=0, le=1)
-    mastery_cycles: int = Field(5, ge=1)
+    early: list[float] = Field(default_factory=lambda: list(curriculum.DEFAULT_EARLY))
+    middle: list[float] = Field(default_factory=lambda: list(curriculum.DEFAULT_MIDDLE))
+    late: list[float] = Field(default_factory=lambda: list(curriculum.DEFAULT_LATE))
+    pacing: Literal["thirds", "linear", "competence"] = Field(
+        curriculum.DEFAULT_PACING, description="how early/middle/late blend over training progress")
+    c0: float = Field(curriculum.DEFAULT_C0, gt=0, lt=1, description="initial competence (pacing: competence)")
+    mastery_threshold: float = Field(curriculum.DEFAULT_MASTERY_THRESHOLD, ge=0, le=1)
+    mastery_cycles: int = Field(curriculum.DEFAULT_MASTERY_CYCLES, ge=1)
+    thresholds: dict[str, float] = Field(default_factory=dict,
+                                         description="per-task mastery thresholds overriding mastery_threshold")
 
 
 class ModulationConfig(Strict):
     enabled: bool = True
     method: Literal["groups", "famo", "uncertainty"] = "groups"
-    logic_gain: float = Field(1.5, gt=0)
-    style_ema: float = Field(0.9, ge=0, lt=1)
-    safety_unlikelihood: float = Field(0.5, ge=0)
+    logic_gain: float = Field(modulation.DEFAULT_LOGIC_GAIN, gt=0)
+    style_ema: float = Field(modulation.DEFAULT_STYLE_EMA, ge=0, lt=1)
+    safety_unlikelihood: float = Field(modulation.DEFAULT_SAFETY_UNLIKELIHOOD, ge=0)
+    lr: float = Field(modulation.DEFAULT_ADAPTIVE_LR, gt=0, description="step size of famo / uncertainty")
+    seed: int | None = Field(None, description="seed of famo / uncertainty (default: the pipeline seed)")
 
 
-class Stage2Config(StageConfig):
-    consistency: ConsistencyConfig = ConsistencyConfig(enabled=False)
-    adversarial: AdversarialConfig = AdversarialConfig(enabled=False)
+class Stage2Config(BaseStageConfig):
+    """Stage 2 (multi-task co-optimisation): adds mixing, curriculum, modulation, context orchestration."""
+
     mixing: MixingConfig = MixingConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     modulation: ModulationConfig = ModulationConfig()
@@ -251,7 +280,7 @@ class PipelineConfig(Strict):
     output_dir: str = "runs"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    stage1: StageConfig = StageConfig()
+    stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
     eval: EvalConfig = EvalConfig()
     gates: GatesConfig = GatesConfig()
@@ -335,8 +364,6 @@ def load_yaml(path: str | Path) -> Any:
 def apply_runtime(cfg: PipelineConfig) -> None:
     """Process-wide settings from the config (CPU threads)."""
     if cfg.threads > 0:
-        import torch
-
         torch.set_num_threads(cfg.threads)
 
 

@@ -13,18 +13,29 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mixtune.config import PipelineConfig
+from mixtune.config import PipelineConfig, apply_runtime
+from mixtune.data.build import build_dataset
+from mixtune.data.ingest import Source
+from mixtune.data.io import read_samples
+from mixtune.data.ontology import load_ontology
 from mixtune.errors import MixtuneError
+from mixtune.eval.backends import HFBackend
+from mixtune.eval.runner import evaluate_model, write_matrix
+from mixtune.model.tiny import build_tiny_model
+from mixtune.release.pipeline_steps import step_gates_and_registry
+from mixtune.report import write_report
+from mixtune.rules import RuleEngine, RuleSet
 from mixtune.rundir import RunDir
+from mixtune.train.launch import launch_stage, write_profile
+from mixtune.train.loop import first_per_task
+from mixtune.train.stage1 import train_stage1
+from mixtune.train.stage2 import style_ema_in_use, train_stage2
 
 console = Console(stderr=True)
 STEPS = ("data", "base_model", "stage1", "stage2", "eval", "gates", "report")
 
 
 def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
-    from mixtune.data.build import build_dataset
-    from mixtune.data.ingest import Source
-
     fp = rd.fingerprint("data", ("data", "seed"))
     if rd.done("data", fp):
         return rd.state["steps"]["data"]
@@ -43,8 +54,6 @@ def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
 
 
 def load_samples(rd: RunDir) -> list:
-    from mixtune.data.io import read_samples
-
     return read_samples(rd.path / "data" / "samples.parquet")
 
 
@@ -53,8 +62,6 @@ def step_base_model(cfg: PipelineConfig, rd: RunDir, samples: list) -> str:
     if cfg.model.name_or_path != "builtin:tiny":
         local = cfg.resolve(cfg.model.name_or_path)  # a folder relative to the YAML, else a hub id
         return str(local) if local.exists() else cfg.model.name_or_path
-    from mixtune.model.tiny import build_tiny_model
-
     out = rd.path / "base_model"
     fp = rd.fingerprint("base_model", ("model", "seed"), ("data",))
     if not rd.done("base_model", fp):
@@ -64,40 +71,38 @@ def step_base_model(cfg: PipelineConfig, rd: RunDir, samples: list) -> str:
     return str(out)
 
 
-def _ontology_maps(cfg: PipelineConfig):
-    from mixtune.data.ontology import load_ontology
-
+def ontology_maps(cfg: PipelineConfig):
+    """The ontology and its task → business value, task → group and task → family maps."""
     onto = load_ontology(cfg.resolve(cfg.data.ontology))
     return onto, {t.id: t.business_value for t in onto.tasks.values()}, \
         {t.id: t.group for t in onto.tasks.values()}, {t.id: t.family for t in onto.tasks.values()}
 
 
-def _engine(cfg: PipelineConfig):
-    from mixtune.rules import RuleEngine, RuleSet
-
+def rule_engine(cfg: PipelineConfig) -> RuleEngine:
+    """The rule engine over the configured rules file."""
     return RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
 
 
-def _launched(cfg: PipelineConfig, rd: RunDir, stage: int) -> bool:
-    """Run the stage under accelerate launch when its launcher profile asks for it."""
+def launch_if_distributed(cfg: PipelineConfig, rd: RunDir, stage: int) -> bool:
+    """Run the stage under accelerate launch when its launcher profile asks for it; True if it did."""
     st = cfg.stage1 if stage == 1 else cfg.stage2
     if st.launcher.profile == "single" and st.launcher.num_processes == 1:
         return False
-    from mixtune.train.launch import launch_stage, write_profile
-
-    profile = write_profile(rd.path, stage, st.launcher.profile, st.launcher.num_processes, st.precision)
+    ds = st.launcher.deepspeed_config
+    profile = write_profile(rd.path, stage, st.launcher.profile, st.launcher.num_processes, st.precision,
+                            grad_accum=st.grad_accum, clip_policy=st.clip.policy, clip_value=st.clip.start,
+                            style_ema=style_ema_in_use(cfg) if stage == 2 else 0.0,
+                            deepspeed_config=cfg.resolve(ds) if ds else None)
     launch_stage(stage, rd.path / "config.resolved.yaml", profile, st.launcher.num_processes)
     return True
 
 
 def step_stage1(cfg: PipelineConfig, rd: RunDir, samples: list, base: str) -> str:
-    from mixtune.train.stage1 import train_stage1
-
     fp = rd.fingerprint("stage1", ("model", "stage1", "seed"), ("data", "base_model"))
     out = rd.path / "stage1"
     if not rd.done("stage1", fp):
         t0 = time.time()
-        if not _launched(cfg, rd, 1):
+        if not launch_if_distributed(cfg, rd, 1):
             train_stage1(cfg, [s for s in samples if s.stage == 1], base, out)
         rd.mark("stage1", fp, wall_s=round(time.time() - t0, 1))
     return str(out / "model")
@@ -112,37 +117,30 @@ def rejection_rates(rd: RunDir) -> dict[str, float]:
 
 
 def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: str) -> str:
-    from mixtune.train.stage2 import train_stage2
-
     fp = rd.fingerprint("stage2", ("model", "stage2", "seed"), ("stage1",))
     out = rd.path / "stage2"
     if not rd.done("stage2", fp):
-        onto, value, groups, families = _ontology_maps(cfg)
+        onto, value, groups, families = ontology_maps(cfg)
         chains = [list(c.steps) for c in onto.chains.values()]
         t0 = time.time()
-        if not _launched(cfg, rd, 2):
+        if not launch_if_distributed(cfg, rd, 2):
             train_stage2(cfg, samples, stage1_model, out, business_value=value, groups=groups, families=families,
-                         chains=chains, rejection=rejection_rates(rd), engine=_engine(cfg),
+                         chains=chains, rejection=rejection_rates(rd), engine=rule_engine(cfg),
                          mixing_log=rd.path / "mixing_log.jsonl")
         rd.mark("stage2", fp, wall_s=round(time.time() - t0, 1))
     return str(out / "model")
 
 
 def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, str]) -> dict:
-    from mixtune.eval.backends import HFBackend
-    from mixtune.eval.runner import evaluate_model, write_matrix
-
     fp = rd.fingerprint("eval", ("eval",), ("stage2",))
     out = rd.sub("eval")
     if rd.done("eval", fp):
         return json.loads((out / "summary.json").read_text())
-    onto, *_ = _ontology_maps(cfg)
-    engine = _engine(cfg)
+    onto, *_ = ontology_maps(cfg)
+    engine = rule_engine(cfg)
     test = [s for s in samples if s.split == "test" and not s.parent_id]
-    by_task: dict[str, list] = {}
-    for s in test:
-        by_task.setdefault(s.task_id, []).append(s)
-    subset = [s for t in sorted(by_task) for s in by_task[t][: cfg.eval.samples_per_task]]
+    # Grouped by task in task order (a stable sort keeps each task's own order).
+    subset = sorted(first_per_task(test, cfg.eval.samples_per_task), key=lambda s: s.task_id)
     records = {}
     for name in cfg.eval.models:
         path = out / f"{name}.jsonl"
@@ -161,8 +159,6 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     if until is not None and until not in STEPS:
         raise MixtuneError(f"unknown step {until!r}; steps are {', '.join(STEPS)}", where="--until")
     t0 = time.time()
-    from mixtune.config import apply_runtime
-
     apply_runtime(cfg)
     rd = RunDir(cfg, fresh=fresh)
     console.print(f"run directory: {rd.path}")
@@ -182,9 +178,6 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     summary = step_eval(cfg, rd, samples, {"base": base, "stage1": s1, "stage2": s2})
     if until == "eval":
         return rd.path
-    from mixtune.release.pipeline_steps import step_gates_and_registry
-    from mixtune.report import write_report
-
     step_gates_and_registry(cfg, rd)
     if until == "gates":
         return rd.path

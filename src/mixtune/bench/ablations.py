@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mixtune.bench import fixtures
 from mixtune.train.common import score_samples
-from mixtune.train.stage1 import encode_samples, train_stage1
+from mixtune.train.loop import encode_samples
+from mixtune.train.stage1 import train_stage1
 
 ABLATION_SHAPE = {"vocab_size": 1500, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}

@@ -21,7 +21,7 @@ import torch
 from mixtune.bench import ablations, fixtures
 from mixtune.bench.harness import Context, row, summarize
 from mixtune.train.collate import pad_batch
-from mixtune.train.stage1 import encode_samples
+from mixtune.train.loop import encode_samples
 from mixtune.train.supcon import cosine_gap, pool_instruction
 
 VARIANTS = {"full": {}, "no_consistency": {"stage1.consistency.enabled": False},

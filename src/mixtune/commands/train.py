@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mixtune.errors import MixtuneError
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -22,10 +24,22 @@ def register(app: typer.Typer) -> None:
 
         Re-running resumes from the newest intact checkpoint under <out>/checkpoints.
         """
+        # Imported here, not at module level: the CLI imports every command module at start-up and
+        # these pull in torch, transformers and accelerate (``mixtune --help`` must stay instant).
+        from transformers import AutoTokenizer
+
         from mixtune.config import apply_runtime, load_config
-        from mixtune.errors import MixtuneError
-        from mixtune.pipeline import _engine, _ontology_maps, load_samples, rejection_rates, step_base_model
+        from mixtune.pipeline import (
+            load_samples,
+            ontology_maps,
+            rejection_rates,
+            rule_engine,
+            step_base_model,
+        )
         from mixtune.rundir import RunDir
+        from mixtune.train.collate import debug_view, encode_conversation
+        from mixtune.train.stage1 import train_stage1
+        from mixtune.train.stage2 import train_stage2
 
         cfg = load_config(config, overrides or [])
         apply_runtime(cfg)
@@ -36,10 +50,6 @@ def register(app: typer.Typer) -> None:
         samples = load_samples(rd)
         start = model or (step_base_model(cfg, rd, samples) if stage == 1 else str(rd.path / "stage1" / "model"))
         if debug:
-            from transformers import AutoTokenizer
-
-            from mixtune.train.collate import debug_view, encode_conversation
-
             tok = AutoTokenizer.from_pretrained(start)
             for s in [x for x in samples if x.stage == stage][:3]:
                 enc = encode_conversation(tok, [m.model_dump() for m in s.messages], 512, s.instruction)
@@ -48,14 +58,10 @@ def register(app: typer.Typer) -> None:
             return
         out_dir = out or rd.path / f"stage{stage}"
         if stage == 1:
-            from mixtune.train.stage1 import train_stage1
-
             path = train_stage1(cfg, [s for s in samples if s.stage == 1], start, out_dir, max_steps=max_steps)
         else:
-            from mixtune.train.stage2 import train_stage2
-
-            onto, value, groups, families = _ontology_maps(cfg)
+            onto, value, groups, families = ontology_maps(cfg)
             path = train_stage2(cfg, samples, start, out_dir, business_value=value, groups=groups,
                                 families=families, chains=[list(c.steps) for c in onto.chains.values()],
-                                rejection=rejection_rates(rd), engine=_engine(cfg), max_steps=max_steps)
+                                rejection=rejection_rates(rd), engine=rule_engine(cfg), max_steps=max_steps)
         typer.echo(f"saved {path}")

@@ -21,6 +21,14 @@ from mixtune.errors import CheckpointError, ConfigError
 
 LEVELS = 5
 PACINGS = ("thirds", "linear", "competence")
+# The one home of the curriculum defaults (config.py imports them).
+DEFAULT_EARLY = (0.5, 0.4, 0.1, 0.0, 0.0)
+DEFAULT_MIDDLE = (0.1, 0.3, 0.3, 0.3, 0.0)
+DEFAULT_LATE = (0.0, 0.1, 0.3, 0.3, 0.3)
+DEFAULT_MASTERY_THRESHOLD = 0.8
+DEFAULT_MASTERY_CYCLES = 5
+DEFAULT_PACING = "thirds"
+DEFAULT_C0 = 0.1
 
 
 def _check_dist(name: str, d: list[float]) -> list[float]:
@@ -46,8 +54,9 @@ class Curriculum:
     """Level pacing plus mastery promotion; seeded-free (it draws nothing), JSON state."""
 
     def __init__(self, tasks: list[str], early: list[float], middle: list[float], late: list[float],
-                 mastery_threshold: float = 0.8, mastery_cycles: int = 5, enabled: bool = True,
-                 pacing: str = "thirds", c0: float = 0.1,
+                 mastery_threshold: float = DEFAULT_MASTERY_THRESHOLD,
+                 mastery_cycles: int = DEFAULT_MASTERY_CYCLES, enabled: bool = True,
+                 pacing: str = DEFAULT_PACING, c0: float = DEFAULT_C0,
                  thresholds: dict[str, float] | None = None):
         if pacing not in PACINGS:
             raise ConfigError(f"unknown pacing {pacing!r}; allowed: {list(PACINGS)}",

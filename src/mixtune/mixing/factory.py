@@ -5,15 +5,22 @@ from __future__ import annotations
 from mixtune.errors import ConfigError
 from mixtune.mixing.base import MixingPolicy
 from mixtune.mixing.baselines import DBLPolicy, Exp3Policy, StaticPolicy, UniformPolicy
-from mixtune.mixing.heat import HeatController
+from mixtune.mixing.heat import (
+    DEFAULT_CAP,
+    DEFAULT_EMA,
+    DEFAULT_ETA,
+    DEFAULT_FLOOR,
+    DEFAULT_UNIFORM_MIX,
+    HeatController,
+)
 
 POLICIES = {"heat": HeatController, "uniform": UniformPolicy, "static": StaticPolicy,
             "dbl": DBLPolicy, "exp3": Exp3Policy}
 
 
-def make_policy(method: str, tasks: list[str], base: dict[str, float] | None = None, *, eta: float = 2.0,
-                uniform_mix: float = 0.1, floor: float = 0.03, cap: float = 0.5, ema: float = 0.5,
-                heat_weights: dict[str, float] | None = None, seed: int = 0,
+def make_policy(method: str, tasks: list[str], base: dict[str, float] | None = None, *, eta: float = DEFAULT_ETA,
+                uniform_mix: float = DEFAULT_UNIFORM_MIX, floor: float = DEFAULT_FLOOR, cap: float = DEFAULT_CAP,
+                ema: float = DEFAULT_EMA, heat_weights: dict[str, float] | None = None, seed: int = 0,
                 ref_losses: dict[str, float] | None = None) -> MixingPolicy:
     """Return the policy named ``method`` ("heat" | "uniform" | "static" | "dbl" | "exp3").
 
@@ -24,9 +31,9 @@ def make_policy(method: str, tasks: list[str], base: dict[str, float] | None = N
     if method not in POLICIES:
         raise ConfigError(f"unknown mixing method {method!r}; allowed: {sorted(POLICIES)}",
                           where="stage2.mixing.method")
-    kw = dict(eta=eta, uniform_mix=uniform_mix, floor=floor, cap=cap, heat_weights=heat_weights, seed=seed)
-    if method == "heat":
-        kw["ema"] = ema
+    # ``ema`` is the heat controller's smoothing; the baselines run without it.
+    kw = dict(eta=eta, uniform_mix=uniform_mix, floor=floor, cap=cap, heat_weights=heat_weights, seed=seed,
+              ema=ema if method == "heat" else 0.0)
     if method == "dbl":
         return DBLPolicy(tasks, base, ref_losses=ref_losses, **kw)
     return POLICIES[method](tasks, base, **kw)

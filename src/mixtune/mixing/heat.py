@@ -33,6 +33,13 @@ from mixtune.mixing.base import (
 )
 
 COMPONENTS = ("decay", "cv", "rejection", "gap")
+# The one home of the mixing-policy defaults: factory.py and config.py import these.
+DEFAULT_ETA = 2.0
+DEFAULT_UNIFORM_MIX = 0.1
+DEFAULT_FLOOR = 0.03
+DEFAULT_CAP = 0.5
+DEFAULT_EMA = 0.5
+DEFAULT_HEAT_WEIGHTS = {"decay": 1.0, "cv": 0.5, "rejection": 0.5, "gap": 1.0}
 
 
 class HeatTracker:
@@ -109,9 +116,9 @@ class PolicyBase:
 
     method = "base"
 
-    def __init__(self, tasks: list[str], base: dict[str, float] | None = None, *, eta: float = 2.0,
-                 uniform_mix: float = 0.1, floor: float = 0.0, cap: float = 1.0, ema: float = 0.0,
-                 heat_weights: dict[str, float] | None = None, seed: int = 0):
+    def __init__(self, tasks: list[str], base: dict[str, float] | None = None, *, eta: float = DEFAULT_ETA,
+                 uniform_mix: float = DEFAULT_UNIFORM_MIX, floor: float = DEFAULT_FLOOR, cap: float = DEFAULT_CAP,
+                 ema: float = DEFAULT_EMA, heat_weights: dict[str, float] | None = None, seed: int = 0):
         self.tasks = check_tasks(tasks)
         check_bounds(len(self.tasks), floor, cap)
         if not 0.0 <= uniform_mix <= 1.0:
@@ -124,7 +131,7 @@ class PolicyBase:
         self.eta, self.c, self.floor, self.cap, self.ema = eta, uniform_mix, floor, cap, ema
         self.seed = seed
         self.rng = random.Random(seed)
-        self.tracker = HeatTracker(self.tasks, heat_weights)
+        self.tracker = HeatTracker(self.tasks, DEFAULT_HEAT_WEIGHTS if heat_weights is None else heat_weights)
         self._w = self.finalise(self.initial())
         self.cycles = 0
 

@@ -10,8 +10,9 @@ belongs to one group and the group's treatment is applied without extra passes:
   weight ``safety_unlikelihood``;
 - ``general``: untouched.
 
-The logic is pure Python/numpy; the trainer applies it. :func:`ema_update` uses only ``*`` and
-``+`` so the trainer can call it on torch tensors per parameter as well.
+The trainer applies the loss factors; the style EMA is applied by the modulation object itself,
+in place on the gradients (:meth:`GroupModulation.smooth_style_`), and its buffers are part of
+the training checkpoint (:meth:`GroupModulation.style_buffers`).
 
 Adaptive alternative behind the same interface: :class:`AdaptiveModulation` with uncertainty
 weighting (Kendall et al., 2018) or FAMO (Liu et al., 2023), fed one loss per micro-batch.
@@ -20,26 +21,17 @@ weighting (Kendall et al., 2018) or FAMO (Liu et al., 2023), fed one loss per mi
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import numpy as np
+import torch
 
 from mixtune.errors import CheckpointError, ConfigError
 
 GROUPS = ("logic", "style", "safety", "general")
-
-
-def ema_update(prev: Any, new: Any, beta: float) -> Any:
-    """``beta·prev + (1-beta)·new``; the first call (``prev is None``) returns a copy of ``new``.
-
-    Starting from the first gradient instead of zeros avoids the start-up bias that would
-    shrink early style updates. Works on numpy arrays, torch tensors and floats.
-    """
-    if isinstance(new, (list, tuple)):
-        new = np.asarray(new, dtype=np.float64)
-    if prev is None:
-        return new * 1.0
-    return prev * beta + new * (1.0 - beta)
+# The one home of the modulation defaults (config.py imports them).
+DEFAULT_LOGIC_GAIN = 1.5
+DEFAULT_STYLE_EMA = 0.9
+DEFAULT_SAFETY_UNLIKELIHOOD = 0.5
+DEFAULT_ADAPTIVE_LR = 0.025
 
 
 def _check_group(group: str) -> str:
@@ -53,14 +45,15 @@ class GroupModulation:
 
     method = "groups"
 
-    def __init__(self, logic_gain: float = 1.5, style_ema: float = 0.9, safety_unlikelihood: float = 0.5,
-                 enabled: bool = True):
+    def __init__(self, logic_gain: float = DEFAULT_LOGIC_GAIN, style_ema: float = DEFAULT_STYLE_EMA,
+                 safety_unlikelihood: float = DEFAULT_SAFETY_UNLIKELIHOOD, enabled: bool = True):
         if logic_gain <= 0 or not 0.0 <= style_ema < 1.0 or safety_unlikelihood < 0:
             raise ConfigError(f"need logic_gain > 0, 0 <= style_ema < 1, safety_unlikelihood >= 0; got "
                               f"{logic_gain}, {style_ema}, {safety_unlikelihood}", where="stage2.modulation")
         self.logic_gain, self.style_ema, self.safety_ul = logic_gain, style_ema, safety_unlikelihood
         self.enabled = enabled
-        self.buffers: dict[str, Any] = {}
+        self.buffers: list[torch.Tensor] = []  # style EMA, one per trainable parameter (lazy)
+        self.style_steps = 0
 
     def loss_scale(self, group: str) -> float:
         """Multiplier on a micro-batch's loss: ``logic_gain`` for logic, 1 otherwise."""
@@ -72,16 +65,35 @@ class GroupModulation:
         _check_group(group)
         return self.safety_ul if self.enabled and group == "safety" else 0.0
 
-    def smooth_style(self, grad: Any, key: str = "flat") -> Any:
-        """Return the EMA of the style gradient stream ``key`` including ``grad``.
+    def smooth_style_(self, params: list[torch.Tensor]) -> None:
+        """Replace each parameter's gradient, in place, by the bias-corrected EMA of the style gradients.
 
-        ``key`` lets the trainer keep one buffer per parameter; when disabled the gradient is
-        returned unchanged.
+        ``buf <- β·buf + (1-β)·grad`` from zero buffers, then ``grad <- buf / (1 - β^n)`` after the
+        n-th style step: the first style step passes its gradient unchanged, later ones are damped.
+        Parameters without a gradient keep their buffer. Call it after the backward passes of a
+        style step; when disabled it does nothing.
         """
         if not self.enabled:
-            return grad
-        self.buffers[key] = ema_update(self.buffers.get(key), grad, self.style_ema)
-        return self.buffers[key]
+            return
+        if len(self.buffers) != len(params):
+            self.buffers = [torch.zeros_like(p) for p in params]
+        self.style_steps += 1
+        corr = 1 - self.style_ema ** self.style_steps
+        for p, buf in zip(params, self.buffers):
+            if p.grad is not None:
+                buf.mul_(self.style_ema).add_(p.grad, alpha=1 - self.style_ema)
+                p.grad.copy_(buf / corr)
+
+    def style_buffers(self) -> list[torch.Tensor]:
+        """The EMA buffers on the CPU, one per parameter (saved beside the checkpoint's weights)."""
+        return [b.detach().cpu() for b in self.buffers]
+
+    def load_style_buffers(self, buffers: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+        """Restore buffers saved by :meth:`style_buffers` onto the parameters' devices."""
+        if buffers and len(buffers) != len(params):
+            raise CheckpointError(f"{len(buffers)} style buffers for {len(params)} parameters",
+                                  where="modulation.style_ema")
+        self.buffers = [b.to(p.device, copy=True) for b, p in zip(buffers, params)]
 
     def observe(self, group: str, loss: float) -> None:
         """Fixed gains ignore losses; present so trainers treat all modulations alike."""
@@ -91,18 +103,15 @@ class GroupModulation:
         """Loss multiplier per group, for ``mixing_log.jsonl``."""
         return {g: self.loss_scale(g) for g in GROUPS}
 
-    def state_dict(self, include_buffers: bool = True) -> dict:
-        """JSON state; style buffers as lists (skip them if the trainer saves its own tensors)."""
-        # tolist() exists on numpy arrays and torch tensors alike (CPU or GPU).
-        bufs = {k: v.tolist() if hasattr(v, "tolist") else float(v)
-                for k, v in self.buffers.items()} if include_buffers else {}
-        return {"method": self.method, "buffers": bufs}
+    def state_dict(self) -> dict:
+        """JSON state (the style step count); the tensors go through :meth:`style_buffers`."""
+        return {"method": self.method, "style_steps": self.style_steps}
 
     def load_state_dict(self, d: dict) -> None:
         if d.get("method") != self.method:
             raise CheckpointError(f"modulation state is for {d.get('method')!r}, not {self.method!r}",
                                   where="modulation.state")
-        self.buffers = {k: np.asarray(v, dtype=np.float64) for k, v in d.get("buffers", {}).items()}
+        self.style_steps = int(d.get("style_steps", 0))
 
 
 class AdaptiveModulation:
@@ -119,7 +128,8 @@ class AdaptiveModulation:
     """
 
     def __init__(self, groups: list[str] | tuple[str, ...] = GROUPS, method: str = "uncertainty",
-                 lr: float = 0.025, seed: int = 0, safety_unlikelihood: float = 0.5, decay: float = 1e-3):
+                 lr: float = DEFAULT_ADAPTIVE_LR, seed: int = 0,
+                 safety_unlikelihood: float = DEFAULT_SAFETY_UNLIKELIHOOD, decay: float = 1e-3):
         if method not in ("uncertainty", "famo"):
             raise ConfigError(f"unknown adaptive method {method!r}; allowed: ['famo', 'uncertainty']",
                               where="stage2.modulation.method")
@@ -174,9 +184,14 @@ class AdaptiveModulation:
         _check_group(group)
         return self.safety_ul if group == "safety" else 0.0
 
-    def smooth_style(self, grad: Any, key: str = "flat") -> Any:
-        """Adaptive methods reweight losses only; gradients pass through unchanged."""
-        return grad
+    def smooth_style_(self, params: list[torch.Tensor]) -> None:
+        """Adaptive methods reweight losses only; gradients are left unchanged."""
+
+    def style_buffers(self) -> list[torch.Tensor]:
+        return []
+
+    def load_style_buffers(self, buffers: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+        """Nothing to restore: adaptive methods keep no gradient buffers."""
 
     def factors(self) -> dict[str, float]:
         """Loss multiplier per group, for ``mixing_log.jsonl``."""
@@ -193,9 +208,9 @@ class AdaptiveModulation:
         self.last_loss = {g: float(v) for g, v in d["last_loss"].items()}
 
 
-def make_modulation(method: str = "groups", *, enabled: bool = True, logic_gain: float = 1.5,
-                    style_ema: float = 0.9, safety_unlikelihood: float = 0.5, lr: float = 0.025,
-                    seed: int = 0, groups: list[str] | tuple[str, ...] = GROUPS):
+def make_modulation(method: str = "groups", *, enabled: bool = True, logic_gain: float = DEFAULT_LOGIC_GAIN,
+                    style_ema: float = DEFAULT_STYLE_EMA, safety_unlikelihood: float = DEFAULT_SAFETY_UNLIKELIHOOD,
+                    lr: float = DEFAULT_ADAPTIVE_LR, seed: int = 0, groups: list[str] | tuple[str, ...] = GROUPS):
     """Build ``groups`` (fixed) or ``famo`` / ``uncertainty`` (adaptive) modulation."""
     if method == "groups" or not enabled:
         return GroupModulation(logic_gain, style_ema, safety_unlikelihood, enabled=enabled)

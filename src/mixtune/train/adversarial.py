@@ -22,7 +22,6 @@ import math
 import random
 
 import torch
-import torch.nn.functional as F
 
 from mixtune.errors import ConfigError
 
@@ -69,11 +68,11 @@ def response_kl(
         return twin_logits.sum() * 0.0
     # Boolean indexing flattens row-major, so with equal per-row counts the k-th twin position and
     # the k-th clean position predict the same response token.
-    log_q = F.log_softmax(twin_logits[tm].float(), dim=-1)
-    log_p = F.log_softmax(clean_logits.detach()[cm].float(), dim=-1)
+    log_q = torch.nn.functional.log_softmax(twin_logits[tm].float(), dim=-1)
+    log_p = torch.nn.functional.log_softmax(clean_logits.detach()[cm].float(), dim=-1)
     # KL(p || q) = sum p (log p - log q); kl_div takes the input in log space and, with
     # log_target=True, the target in log space too (stable where p underflows).
-    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / n
+    return torch.nn.functional.kl_div(log_q, log_p, reduction="sum", log_target=True) / n
 
 
 def _phase(seed: int) -> float:

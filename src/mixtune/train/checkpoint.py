@@ -9,6 +9,7 @@ back to the newest good one.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 
 from mixtune.errors import CheckpointError
 
@@ -45,29 +47,30 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-
     random.setstate(ast.literal_eval(state["python"]))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Weights that training changes (all for full fine-tuning, the adapter for LoRA)."""
+def trainable_state(model, model_state: dict | None = None) -> dict[str, torch.Tensor]:
+    """Weights that training changes (all for full fine-tuning, the adapter for LoRA).
+
+    ``model_state`` is a gathered state dict (``accelerator.get_state_dict``) to take them from;
+    by default the model's own, which is incomplete under ZeRO-3 / FSDP sharding.
+    """
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+    full = model.state_dict() if model_state is None else model_state
+    return {k: v.detach().cpu().contiguous() for k, v in full.items() if k in names}
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
-                    extra_tensors: dict | None = None) -> Path:
+                    extra_tensors: dict | None = None, model_state: dict | None = None) -> Path:
     """Write a checkpoint atomically (tmp folder + rename) and prune old ones beyond ``keep``."""
-    from safetensors.torch import save_file
-
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "model.safetensors"))
+    save_file(trainable_state(model, model_state), str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if extra_tensors is not None:  # e.g. stage 2's style-gradient EMA buffers
@@ -151,8 +154,6 @@ def latest_good_checkpoint(ckpt_root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG; return the trainer state (step, policy states)."""
-    from safetensors.torch import load_file
-
     verify_checkpoint(path)
     try:
         weights = load_file(str(path / "model.safetensors"))

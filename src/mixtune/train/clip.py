@@ -22,6 +22,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
 from mixtune.errors import CheckpointError, ConfigError
 
 POLICIES = ("none", "constant", "decay", "zclip")
@@ -151,8 +153,6 @@ class ClipSchedule:
 
     def clip(self, parameters: Iterable[Any], step: int) -> dict[str, Any]:
         """Clip ``parameters``' gradients in place for ``step`` and return the ``record`` dict."""
-        import torch
-
         thr = self.threshold(step)
         norm = torch.nn.utils.clip_grad_norm_(list(parameters), thr if thr is not None else float("inf"))
         return self.record(norm, step)

@@ -1,4 +1,6 @@
-"""Pieces both stages share: model loading, LoRA, optimiser/scheduler, validation, metrics, saving.
+"""Pieces both stages share: accelerator, optimiser/scheduler, token CE, validation, metrics, saving.
+
+Model loading (dtype, LoRA/DoRA, QLoRA, stacking) is in :mod:`mixtune.train.modeling`.
 
 Each function takes flat typed arguments; only the stage entry points (stage1.py, stage2.py) see
 the pipeline config.
@@ -6,58 +8,27 @@ the pipeline config.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
 
 from mixtune.errors import MixtuneError
+from mixtune.train.checkpoint import atomic_dir
 from mixtune.train.collate import IGNORE, Encoded, pad_batch
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def load_model_and_tokenizer(path: str, *, finetune: str, lora_r: int = 16, lora_alpha: int = 32,
-                             lora_dropout: float = 0.0, lora_targets: list[str] | None = None,
-                             trust_remote_code: bool = False):
-    """Load any HF causal LM by id or directory (weights in fp32: autocast handles precision)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    p = Path(path)
-    if not p.exists() and (path.startswith((".", "/")) or path.count("/") != 1):
-        raise MixtuneError("model path does not exist", where=path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if (p / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(path).merge_and_unload()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                         trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise MixtuneError(f"cannot load model: {str(e).splitlines()[0]}", where=path) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise MixtuneError("tokenizer has no chat template; set one or use an instruct model", where=path)
-    if finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            target_modules=lora_targets or "all-linear", task_type="CAUSAL_LM"))
-    return model, tokenizer
-
+from mixtune.train.modeling import DTYPES
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def check_trackers(trackers: list[str], where: str) -> None:
     """Fail early, with the package to install, when a requested tracker is not importable."""
-    import importlib.util
-
     for t in trackers:
         pkg = TRACKER_PACKAGES[t]
         if importlib.util.find_spec(pkg) is None:
@@ -66,10 +37,12 @@ def check_trackers(trackers: list[str], where: str) -> None:
 
 def setup_accelerator(precision: str, trackers: list[str], out_dir: Path, seed: int, where: str):
     """Accelerator (gloo on CPU-only machines) seeded for the stage; returns (accelerator, autocast)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     check_trackers(trackers, where)
+    # The accelerator state is a process-wide singleton that refuses a second, different mixed
+    # precision: ``mixtune run`` trains both stages in one process, each with its own precision.
+    # Only the per-run part is reset; the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision,
                       log_with=trackers or None, project_dir=str(out_dir))
     set_seed(seed)
@@ -78,14 +51,6 @@ def setup_accelerator(precision: str, trackers: list[str], out_dir: Path, seed: 
         return torch.autocast(acc.device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
 
     return acc, autocast
-
-
-def load_from_model_config(model_cfg, path: str):
-    """``load_model_and_tokenizer`` with the ``model`` section's settings (stage entry points only)."""
-    return load_model_and_tokenizer(
-        path, finetune=model_cfg.finetune, lora_r=model_cfg.lora.r, lora_alpha=model_cfg.lora.alpha,
-        lora_dropout=model_cfg.lora.dropout, lora_targets=model_cfg.lora.target_modules,
-        trust_remote_code=model_cfg.trust_remote_code)
 
 
 def make_optimizer(model, lr: float, weight_decay: float):
@@ -107,13 +72,42 @@ def make_scheduler(optimizer, schedule: str, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy over labelled positions and the number of such positions."""
-    lg = logits[:, :-1].float()
+CE_CHUNK_ELEMENTS = 1 << 24  # logits upcast to fp32 at a time: 64 MiB, whatever the vocabulary
+
+
+def _chunk_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor,
+             chunk_elements: int = CE_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over labelled positions and the number of such positions.
+
+    Logits larger than ``chunk_elements`` are processed in chunks of positions: each chunk is upcast
+    to fp32 on its own and recomputed in backward (activation checkpointing), so fp32 logits for the
+    whole batch never exist — with a 152k vocabulary they would be the largest tensor of the step.
+    Small logits (the built-in model) take the single-shot path, bit-identical to before.
+    """
     lb = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.size(-1)), lb.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
-    return loss, (lb != IGNORE).sum()
+    count = (lb != IGNORE).sum()
+    vocab = logits.size(-1)
+    if logits.numel() <= chunk_elements:
+        lg = logits[:, :-1].float()
+        return torch.nn.functional.cross_entropy(lg.reshape(-1, vocab), lb.reshape(-1), ignore_index=IGNORE,
+                                                 reduction="sum"), count
+    rows = max(1, chunk_elements // vocab)
+    total = logits.new_zeros((), dtype=torch.float32)
+    for b in range(logits.size(0)):
+        for i in range(0, lb.size(1), rows):
+            y = lb[b, i:i + rows]
+            if not bool((y != IGNORE).any()):
+                continue
+            chunk = logits[b, i:i + y.size(0)]  # position p predicts label p + 1
+            if torch.is_grad_enabled() and chunk.requires_grad:
+                total = total + torch.utils.checkpoint.checkpoint(_chunk_ce, chunk, y, use_reentrant=False)
+            else:
+                total = total + _chunk_ce(chunk, y)
+    return total, count
 
 
 @torch.no_grad()
@@ -160,13 +154,18 @@ class MetricsWriter:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def save_final(model, tokenizer, out_dir: Path, *, merge: bool) -> Path:
-    """Save the trained model in HF format (full model, or PEFT adapter plus optional merged copy)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    if hasattr(model, "peft_config") and merge:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(out_dir / "merged"))
-        tokenizer.save_pretrained(str(out_dir / "merged"))
+def save_final(model, tokenizer, out_dir: Path, *, merge: bool, state_dict: dict | None = None) -> Path:
+    """Save the trained model in HF format (full model, or PEFT adapter plus optional merged copy).
+
+    ``state_dict`` is the gathered one (``accelerator.get_state_dict``) so sharded runs save whole weights.
+    """
+    # Written into a temp folder and renamed: a crash mid-save never leaves a half-written model
+    # where the next step (or a user) would load it.
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+        if hasattr(model, "peft_config") and merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(tmp / "merged"))
+            tokenizer.save_pretrained(str(tmp / "merged"))
     return out_dir

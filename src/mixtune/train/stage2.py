@@ -3,10 +3,12 @@
 Every optimizer step trains on ONE task (task-homogeneous micro-batches) drawn by the mixture
 sampler from the mixing policy's weights and the curriculum's level distribution, so per-group
 gradient modulation needs no extra backward pass: ``logic`` steps scale the loss by a gain, ``style``
-steps replace their gradient by its EMA, ``safety`` steps add an unlikelihood term on tokens the
-rule engine flags in the prompt (PII, promise words) so the model does not copy them. Every
-``eval_every`` steps an evaluation cycle scores each task on validation data and the policy,
-curriculum and modulation take their decisions, logged with their inputs to ``mixing_log.jsonl``.
+steps replace their gradient by its EMA (kept by the modulation object), ``safety`` steps add an
+unlikelihood term on tokens the rule engine flags in the prompt (PII, promise words) so the model
+does not copy them. Every ``eval_every`` steps an evaluation cycle scores each task on validation
+data and the policy, curriculum and modulation take their decisions, logged with their inputs to
+``mixing_log.jsonl``. On resume the log is rewound to the checkpoint's cycle, so replayed cycles
+are not written twice.
 """
 
 from __future__ import annotations
@@ -21,23 +23,41 @@ from rich.progress import Progress
 
 from mixtune.config import PipelineConfig
 from mixtune.errors import DataError
-from mixtune.train import batches as B
-from mixtune.train.checkpoint import latest_good_checkpoint, load_checkpoint, save_checkpoint
+from mixtune.mixing.curriculum import Curriculum
+from mixtune.mixing.factory import make_policy
+from mixtune.mixing.log import MixingLog, make_record
+from mixtune.mixing.modulation import make_modulation
+from mixtune.mixing.sampler import MixtureSampler
+from mixtune.train import batches
+from mixtune.train.checkpoint import save_checkpoint
 from mixtune.train.clip import ClipSchedule
 from mixtune.train.collate import IGNORE, pad_batch, token_ids_for_spans
 from mixtune.train.common import (
     DTYPES,
     MetricsWriter,
-    load_from_model_config,
     make_optimizer,
     make_scheduler,
-    save_final,
-    score_samples,
     setup_accelerator,
     token_ce,
 )
+from mixtune.train.loop import (
+    due,
+    encode_samples,
+    end_step,
+    engine_loss_factor,
+    finish,
+    first_per_task,
+    label_count,
+    micro_batch_context,
+    optimizer_step,
+    per_task_scores,
+    refuse_engine_owned_options,
+    resume,
+    stacking_base,
+    warn_unusual_lr,
+)
+from mixtune.train.modeling import load_from_model_config
 from mixtune.train.orchestrate import carry_forward, related_pairs, side_by_side
-from mixtune.train.stage1 import encode_samples, first_per_task
 
 
 def unlikelihood(logits: torch.Tensor, labels: torch.Tensor, neg: list[list[int]]) -> torch.Tensor:
@@ -57,16 +77,201 @@ def unlikelihood(logits: torch.Tensor, labels: torch.Tensor, neg: list[list[int]
     return total / max(1, count)
 
 
-def evaluation_cycle(model, tokenizer, val, val_encs, autocast_dtype, device="cpu") -> tuple[dict, dict, dict]:
-    """Per-task mean score, per-sample scores and mean loss on the validation subset."""
-    scores, losses = score_samples(model, val_encs, tokenizer.pad_token_id, 32, autocast_dtype, device)
-    per_sample: dict[str, list[float]] = {}
-    per_loss: dict[str, list[float]] = {}
-    for s, v, lo in zip(val, scores, losses):
-        per_sample.setdefault(s.task_id, []).append(v)
-        per_loss.setdefault(s.task_id, []).append(lo)
-    mean = {t: sum(v) / len(v) for t, v in per_sample.items()}
-    return mean, per_sample, {t: sum(v) / len(v) for t, v in per_loss.items()}
+def style_ema_in_use(cfg: PipelineConfig) -> float:
+    """Stage 2's style-EMA factor when its modulation rewrites gradients, else 0."""
+    mod = cfg.stage2.modulation
+    return mod.style_ema if mod.enabled and mod.method == "groups" else 0.0
+
+
+class Stage2Recipe:
+    """One stage-2 run; :func:`train_stage2` calls setup, train, save and cleanup in order."""
+
+    def __init__(self, cfg: PipelineConfig, samples: list, model_path: str, out_dir: Path, *,
+                 business_value: dict[str, float], groups: dict[str, str], families: dict[str, str],
+                 chains: list[list[str]], rejection: dict[str, float], engine, mixing_log: Path | None,
+                 max_steps: int | None, progress: bool):
+        self.cfg, self.st, self.samples, self.model_path, self.out_dir = cfg, cfg.stage2, samples, model_path, out_dir
+        self.business_value, self.groups, self.families, self.chains = business_value, groups, families, chains
+        self.rejection, self.engine = rejection, engine
+        self.mixing_log_path = mixing_log or out_dir / "mixing_log.jsonl"
+        self.total = max_steps or self.st.steps
+        self.progress = progress
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        st = self.st
+        self.acc, self.autocast = setup_accelerator(st.precision, st.trackers, self.out_dir, self.cfg.seed,
+                                                    "stage2.trackers")
+        self.autocast_dtype = DTYPES[st.precision]
+        self.engine_factor = engine_loss_factor(self.acc, st.grad_accum)
+        refuse_engine_owned_options(self.acc, 2, st.clip.policy, style_ema_in_use(self.cfg))
+        base = stacking_base(self.acc, self.model_path, self.out_dir)
+        self.model, self.tokenizer = load_from_model_config(self.cfg.model, base,
+                                                            gradient_checkpointing=st.gradient_checkpointing)
+        warn_unusual_lr(self.acc, "stage2.lr", self.cfg.model.finetune, st.lr, self.model)
+        self._setup_data()
+        self._setup_mixing()
+        optimizer = make_optimizer(self.model, st.lr, st.weight_decay)
+        self.scheduler = make_scheduler(optimizer, st.lr_schedule, st.warmup_steps, self.total)
+        self.clip = ClipSchedule(st.clip.policy, st.clip.schedule, st.clip.start, st.clip.end, self.total,
+                                 zclip_z=st.clip.zclip_z, zclip_alpha=st.clip.zclip_alpha)
+        self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self._resume()
+        if st.trackers:
+            self.acc.init_trackers("mixtune-stage2", config={"steps": self.total, "lr": st.lr})
+
+    def _setup_data(self) -> None:
+        st = self.st
+        train = [s for s in self.samples if s.split == "train" and not s.parent_id]
+        if not train:
+            raise DataError("no training samples (split=train) in the dataset", where=str(self.out_dir))
+        if st.context_orchestration:
+            rng = random.Random(self.cfg.seed + 17)
+            extra = carry_forward([s for s in train if len(s.chain_steps) > 1], rng)
+            extra += side_by_side(train, related_pairs(self.families, self.chains), rng, n=len(train) // 10)
+            train += extra
+        self.train_samples = train
+        self.val = first_per_task([s for s in self.samples if s.split == "val" and not s.parent_id],
+                                  st.eval_samples_per_task)
+        with Progress(disable=not (self.progress and self.acc.is_main_process)) as prog:
+            self.encs = encode_samples(self.tokenizer, train, st.max_len, prog, "stage 2: tokenising")
+            self.val_encs = encode_samples(self.tokenizer, self.val, st.max_len)
+        for s, e in zip(train, self.encs):  # unlikelihood negatives: flagged spans of the prompt
+            if self.engine is not None and self.groups.get(s.task_id) == "safety":
+                prompt = " ".join(m.content for m in s.messages if m.role == "user")
+                spans = [(a, b) for a, b, _ in self.engine.flag_spans(prompt)]
+                e.neg_ids = token_ids_for_spans(self.tokenizer, prompt, spans)
+
+    def _setup_mixing(self) -> None:
+        st, seed = self.st, self.cfg.seed
+        tasks = sorted({s.task_id for s in self.train_samples})
+        mix, cur, mod = st.mixing, st.curriculum, st.modulation
+        self.policy = make_policy(mix.method, tasks, {t: self.business_value.get(t, 1.0) for t in tasks},
+                                  eta=mix.eta, uniform_mix=mix.uniform_mix, floor=mix.floor, cap=mix.cap,
+                                  ema=mix.ema, heat_weights=mix.heat_weights, seed=seed)
+        self.curriculum = Curriculum(tasks, cur.early, cur.middle, cur.late,
+                                     mastery_threshold=cur.mastery_threshold, mastery_cycles=cur.mastery_cycles,
+                                     enabled=cur.enabled, pacing=cur.pacing, c0=cur.c0, thresholds=cur.thresholds)
+        self.modulation = make_modulation(mod.method, enabled=mod.enabled, logic_gain=mod.logic_gain,
+                                          style_ema=mod.style_ema, safety_unlikelihood=mod.safety_unlikelihood,
+                                          lr=mod.lr, seed=seed if mod.seed is None else mod.seed)
+        world = self.acc.num_processes
+        self.sampler = MixtureSampler([(i, s.task_id, s.level) for i, s in enumerate(self.train_samples)],
+                                      self.policy, self.curriculum, max(1, st.batch_size * st.grad_accum // world),
+                                      seed, rank=self.acc.process_index, world_size=world)
+
+    def _resume(self) -> None:
+        state = resume(self.ckpt_root, self.acc, self.model, self.optimizer, self.scheduler, "stage 2")
+        self.start, self.cycle = 0, 0
+        if state is not None:
+            for obj, key in ((self.clip, "clip"), (self.policy, "policy"), (self.curriculum, "curriculum"),
+                             (self.sampler, "sampler")):
+                obj.load_state_dict(state[key])
+            # Checkpoints written before the modulation owned the style step count kept it at the top level.
+            self.modulation.load_state_dict({"style_steps": state.get("style_steps", 0), **state["modulation"]})
+            self.modulation.load_style_buffers(state.get("extra", {}).get("style_ema", []), self.params)
+            self.start, self.cycle = state["step"], state["cycle"]
+        main = self.acc.is_main_process
+        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl", resume_from_step=self.start) if main else None
+        self.log = MixingLog(self.mixing_log_path) if main else None
+        if self.log and self.start == 0 and self.log.path.exists():
+            self.log.path.unlink()
+        elif self.log:  # cycles after the checkpoint are replayed: drop their records
+            self.log.rewind(self.cycle)
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        self.model.train()
+        with Progress(disable=not (self.progress and self.acc.is_main_process)) as prog:
+            bar = prog.add_task("stage 2: training", total=self.total, completed=self.start)
+            for step in range(self.start, self.total):
+                ce = self._train_step(step)
+                prog.update(bar, advance=1, description=f"stage 2: training (loss {ce:.3f})")
+
+    def _train_step(self, step: int) -> float:
+        st, acc, model = self.st, self.acc, self.model
+        t0 = time.perf_counter()
+        task, idx = self.sampler.next_batch(step / self.total)
+        group = self.groups.get(task, "general")
+        per_rank = max(1, len(idx) // st.grad_accum)
+        micro = [idx[m * per_rank:(m + 1) * per_rank] for m in range(st.grad_accum)]
+        micro = [mb for mb in micro if mb]
+        n_labels = label_count(self.encs, micro, acc)
+        scale = self.modulation.loss_scale(group)
+        ul_w = self.modulation.unlikelihood_weight(group)
+        sums = {"ce": 0.0, "ul": 0.0, "tokens": 0}
+        for m, mb in enumerate(micro):
+            with micro_batch_context(acc, model, last=m == len(micro) - 1):
+                with self.autocast():
+                    loss, terms = self._loss_step(mb, scale, ul_w, len(micro), n_labels)
+                acc.backward(loss * self.engine_factor if self.engine_factor != 1 else loss)
+            for k in sums:
+                sums[k] += terms[k]
+        self.modulation.observe(group, sums["ce"] / max(1, n_labels))
+        if group == "style":
+            self.modulation.smooth_style_(self.params)
+        rec = optimizer_step(acc, self.params, self.optimizer, self.scheduler, self.clip, step)
+        ce = batches.global_sum(sums["ce"], acc) / max(1, n_labels)
+        record = {"step": step + 1, "task": task, "group": group, "lr": self.scheduler.get_last_lr()[0],
+                  "loss": ce * scale + ul_w * sums["ul"], "loss_ce": ce, "loss_unlikelihood": sums["ul"],
+                  "loss_consistency": 0.0, "loss_adversarial": 0.0, "loss_scale": scale,
+                  "grad_norm": rec["grad_norm"], "clip_threshold": rec["clip_threshold"],
+                  "clipped": rec["clipped"], "tokens": batches.global_count(sums["tokens"], acc),
+                  "step_time_s": time.perf_counter() - t0}
+        if due(step, st.eval_every, self.total):
+            record["val"] = self._evaluation_cycle(step)
+        end_step(acc, model, step, record, self.metrics, trackers=bool(st.trackers),
+                 checkpoint_due=due(step, st.checkpoint_every, self.total),
+                 save_checkpoint=lambda model_state: self._save_checkpoint(step, model_state))
+        return ce
+
+    def _loss_step(self, mb: list[int], scale: float, ul_w: float, n_micro: int,
+                   n_labels: int) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch and its terms: summed CE, unlikelihood, token count."""
+        dev = self.acc.device
+        items = [self.encs[i] for i in mb]
+        batch = pad_batch(items, self.tokenizer.pad_token_id)
+        out = self.model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
+        ce_sum, _ = token_ce(out.logits, batch["labels"].to(dev))
+        # Normalise by the global label count so DDP's gradient average equals one process.
+        loss = ce_sum / max(1, n_labels) * self.acc.num_processes
+        terms = {"ce": ce_sum.item(), "ul": 0.0, "tokens": int(batch["attention_mask"].sum())}
+        if ul_w > 0:
+            ul = unlikelihood(out.logits, batch["labels"], [x.neg_ids for x in items])
+            loss = loss + ul_w * ul / n_micro
+            terms["ul"] = ul.item() / n_micro
+        return loss * scale, terms
+
+    def _evaluation_cycle(self, step: int) -> dict[str, float]:
+        """Score every task, let policy and curriculum decide, log the decisions; the per-task scores."""
+        self.cycle += 1
+        scores = per_task_scores(self.acc.unwrap_model(self.model), self.tokenizer, self.val, self.val_encs,
+                                 self.autocast_dtype, self.acc.device)
+        decision = self.policy.update(self.cycle, step + 1, scores.mean, scores.per_sample, scores.loss,
+                                      self.rejection)
+        promotions = self.curriculum.update(self.cycle, scores.mean)
+        if self.log:
+            self.log.append(make_record(decision, self.curriculum.levels(), promotions, self.modulation.factors(),
+                                        losses=scores.loss, rejection=self.rejection,
+                                        progress=(step + 1) / self.total))
+        return scores.mean
+
+    def _save_checkpoint(self, step: int, model_state: dict) -> None:
+        save_checkpoint(self.ckpt_root, step + 1, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, {
+            "cycle": self.cycle, "clip": self.clip.state_dict(), "policy": self.policy.state_dict(),
+            "curriculum": self.curriculum.state_dict(), "modulation": self.modulation.state_dict(),
+            "sampler": self.sampler.state_dict()},
+            self.st.keep_checkpoints, extra_tensors={"style_ema": self.modulation.style_buffers()},
+            model_state=model_state)
+
+    # ------------------------------------------------------------------ save + cleanup
+    def save_and_cleanup(self) -> Path:
+        if self.acc.is_main_process:
+            (self.out_dir / "final_weights.json").parent.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "final_weights.json").write_text(json.dumps(self.policy.weights(), indent=1))
+        return finish(self.acc, self.model, self.tokenizer, self.out_dir, merge=self.cfg.model.merge_adapter)
 
 
 def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: Path, *,
@@ -74,155 +279,9 @@ def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: P
                  chains: list[list[str]], rejection: dict[str, float], engine=None,
                  mixing_log: Path | None = None, max_steps: int | None = None, progress: bool = True) -> Path:
     """Run stage 2 from ``model_path`` (the stage-1 model) and save an HF model under ``out_dir``."""
-    from mixtune.mixing.curriculum import Curriculum
-    from mixtune.mixing.factory import make_policy
-    from mixtune.mixing.log import MixingLog, make_record
-    from mixtune.mixing.modulation import make_modulation
-    from mixtune.mixing.sampler import MixtureSampler
-
-    st = cfg.stage2
-    total = max_steps or st.steps
-    # ---------------------------------------------------------------- setup
-    acc, autocast = setup_accelerator(st.precision, st.trackers, out_dir, cfg.seed, "stage2.trackers")
-    autocast_dtype = DTYPES[st.precision]
-    model, tokenizer = load_from_model_config(cfg.model, model_path)
-    train = [s for s in samples if s.split == "train" and not s.parent_id]
-    if not train:
-        raise DataError("no training samples (split=train) in the dataset", where=str(out_dir))
-    if st.context_orchestration:
-        rng = random.Random(cfg.seed + 17)
-        extra = carry_forward([s for s in train if len(s.chain_steps) > 1], rng)
-        extra += side_by_side(train, related_pairs(families, chains), rng, n=len(train) // 10)
-        train += extra
-    val = first_per_task([s for s in samples if s.split == "val" and not s.parent_id], st.eval_samples_per_task)
-    with Progress(disable=not (progress and acc.is_main_process)) as prog:
-        encs = encode_samples(tokenizer, train, st.max_len, prog, "stage 2: tokenising")
-        val_encs = encode_samples(tokenizer, val, st.max_len)
-    for s, e in zip(train, encs):  # unlikelihood negatives: flagged spans of the prompt
-        if engine is not None and groups.get(s.task_id) == "safety":
-            prompt = " ".join(m.content for m in s.messages if m.role == "user")
-            spans = [(a, b) for a, b, _ in engine.flag_spans(prompt)]
-            e.neg_ids = token_ids_for_spans(tokenizer, prompt, spans)
-    tasks = sorted({s.task_id for s in train})
-    policy = make_policy(st.mixing.method, tasks, {t: business_value.get(t, 1.0) for t in tasks},
-                         eta=st.mixing.eta, uniform_mix=st.mixing.uniform_mix, floor=st.mixing.floor,
-                         cap=st.mixing.cap, ema=st.mixing.ema, heat_weights=st.mixing.heat_weights, seed=cfg.seed)
-    cur = st.curriculum
-    curriculum = Curriculum(tasks, cur.early, cur.middle, cur.late, mastery_threshold=cur.mastery_threshold,
-                            mastery_cycles=cur.mastery_cycles, enabled=cur.enabled)
-    mod = st.modulation
-    modulation = make_modulation(mod.method, enabled=mod.enabled, logic_gain=mod.logic_gain,
-                                 style_ema=mod.style_ema, safety_unlikelihood=mod.safety_unlikelihood, seed=cfg.seed)
-    sampler = MixtureSampler([(i, s.task_id, s.level) for i, s in enumerate(train)], policy, curriculum,
-                             max(1, st.batch_size * st.grad_accum // acc.num_processes), cfg.seed, rank=acc.process_index,
-                             world_size=acc.num_processes)
-    optimizer = make_optimizer(model, st.lr, st.weight_decay)
-    scheduler = make_scheduler(optimizer, st.lr_schedule, st.warmup_steps, total)
-    clip = ClipSchedule(st.clip.policy, st.clip.schedule, st.clip.start, st.clip.end, total,
-                        zclip_z=st.clip.zclip_z, zclip_alpha=st.clip.zclip_alpha)
-    model, optimizer = acc.prepare(model, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    style_ema = [torch.zeros_like(p) for p in params]
-    ckpt_root = out_dir / "checkpoints"
-    start, cycle, style_steps = 0, 0, 0
-    ckpt = latest_good_checkpoint(ckpt_root)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler)
-        for obj, key in ((clip, "clip"), (policy, "policy"), (curriculum, "curriculum"),
-                         (modulation, "modulation"), (sampler, "sampler")):
-            obj.load_state_dict(state[key])
-        style_ema = [t.to(p.device) for t, p in zip(state["extra"]["style_ema"], params)]
-        start, cycle, style_steps = state["step"], state["cycle"], state["style_steps"]
-        acc.print(f"stage 2: resuming from {ckpt.name}")
-    metrics = MetricsWriter(out_dir / "metrics.jsonl", resume_from_step=start) if acc.is_main_process else None
-    log = MixingLog(mixing_log or out_dir / "mixing_log.jsonl") if acc.is_main_process else None
-    if log and start == 0 and log.path.exists():
-        log.path.unlink()
-    pad_id = tokenizer.pad_token_id
-
-    # ---------------------------------------------------------------- train
-    model.train()
-    with Progress(disable=not (progress and acc.is_main_process)) as prog:
-        bar = prog.add_task("stage 2: training", total=total, completed=start)
-        for step in range(start, total):
-            t0 = time.perf_counter()
-            task, idx = sampler.next_batch(step / total)
-            group = groups.get(task, "general")
-            per_rank = max(1, len(idx) // st.grad_accum)
-            micro = [idx[m * per_rank:(m + 1) * per_rank] for m in range(st.grad_accum)]
-            micro = [mb for mb in micro if mb]
-            n_labels = B.global_count(sum(sum(1 for x in encs[i].labels[1:] if x != IGNORE)
-                                          for mb in micro for i in mb), acc)
-            ce_total, ul_total, tokens = 0.0, 0.0, 0
-            scale = modulation.loss_scale(group)
-            ul_w = modulation.unlikelihood_weight(group)
-            for m, mb in enumerate(micro):
-                items = [encs[i] for i in mb]
-                batch = pad_batch(items, pad_id)
-                ctx = acc.no_sync(model) if m < len(micro) - 1 else torch.enable_grad()
-                with ctx, autocast():
-                    out = model(input_ids=batch["input_ids"].to(acc.device),
-                                attention_mask=batch["attention_mask"].to(acc.device))
-                    ce_sum, _ = token_ce(out.logits, batch["labels"].to(acc.device))
-                    loss = ce_sum / max(1, n_labels) * acc.num_processes
-                    if ul_w > 0:
-                        ul = unlikelihood(out.logits, batch["labels"], [x.neg_ids for x in items])
-                        loss = loss + ul_w * ul / len(micro)
-                        ul_total += ul.item() / len(micro)
-                    loss = loss * scale
-                acc.backward(loss)
-                ce_total += ce_sum.item()
-                tokens += int(batch["attention_mask"].sum())
-            modulation.observe(group, ce_total / max(1, n_labels))
-            if group == "style" and mod.enabled and mod.method == "groups":
-                # EMA of the style group's gradient (bias-corrected), so the noisy style signal
-                # moves the model smoothly.
-                style_steps += 1
-                corr = 1 - mod.style_ema ** style_steps
-                for p, buf in zip(params, style_ema):
-                    if p.grad is not None:
-                        buf.mul_(mod.style_ema).add_(p.grad, alpha=1 - mod.style_ema)
-                        p.grad.copy_(buf / corr)
-            thr = clip.threshold(step)
-            norm = acc.clip_grad_norm_(params, thr if thr is not None else float("inf"))
-            rec = clip.record(norm, step)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ce = B.global_sum(ce_total, acc) / max(1, n_labels)
-            record = {"step": step + 1, "task": task, "group": group, "lr": scheduler.get_last_lr()[0],
-                      "loss": ce * scale + ul_w * ul_total, "loss_ce": ce, "loss_unlikelihood": ul_total,
-                      "loss_consistency": 0.0, "loss_adversarial": 0.0, "loss_scale": scale,
-                      "grad_norm": rec["grad_norm"], "clip_threshold": rec["clip_threshold"],
-                      "clipped": rec["clipped"], "tokens": B.global_count(tokens, acc),
-                      "step_time_s": time.perf_counter() - t0}
-            if (step + 1) % st.eval_every == 0 or step + 1 == total:
-                cycle += 1
-                scores, per_sample, losses = evaluation_cycle(acc.unwrap_model(model), tokenizer, val, val_encs,
-                                                              autocast_dtype, acc.device)
-                decision = policy.update(cycle, step + 1, scores, per_sample, losses, rejection)
-                promotions = curriculum.update(cycle, scores)
-                record["val"] = scores
-                if log:
-                    log.append(make_record(decision, curriculum.levels(), promotions, modulation.factors(),
-                                           losses=losses, rejection=rejection, progress=(step + 1) / total))
-            if metrics:
-                metrics.write(record)
-            if ((step + 1) % st.checkpoint_every == 0 or step + 1 == total) and acc.is_main_process:
-                save_checkpoint(ckpt_root, step + 1, acc.unwrap_model(model), optimizer, scheduler, {
-                    "cycle": cycle, "style_steps": style_steps, "clip": clip.state_dict(),
-                    "policy": policy.state_dict(), "curriculum": curriculum.state_dict(),
-                    "modulation": modulation.state_dict(**({"include_buffers": False} if mod.method == "groups" else {})),
-                    "sampler": sampler.state_dict()},
-                    st.keep_checkpoints, extra_tensors={"style_ema": [b.cpu() for b in style_ema]})
-            acc.wait_for_everyone()
-            prog.update(bar, advance=1, description=f"stage 2: training (loss {ce:.3f})")
-
-    # ---------------------------------------------------------------- save
-    if acc.is_main_process:
-        save_final(acc.unwrap_model(model), tokenizer, out_dir / "model", merge=cfg.model.merge_adapter)
-        (out_dir / "final_weights.json").write_text(json.dumps(policy.weights(), indent=1))
-    # ---------------------------------------------------------------- cleanup
-    acc.wait_for_everyone()
-    acc.end_training()
-    return out_dir / "model"
+    recipe = Stage2Recipe(cfg, samples, model_path, out_dir, business_value=business_value, groups=groups,
+                          families=families, chains=chains, rejection=rejection, engine=engine,
+                          mixing_log=mixing_log, max_steps=max_steps, progress=progress)
+    recipe.setup()
+    recipe.train()
+    return recipe.save_and_cleanup()

@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from mixtune.errors import ConfigError, DataError
 
@@ -51,7 +50,7 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
         raise ValueError(f"expected emb [B,H] and labels [B], got {tuple(emb.shape)} and {tuple(labels.shape)}")
     b = emb.shape[0]
     # Work in fp32: bf16 similarities divided by a small temperature lose most of their precision.
-    z = F.normalize(emb.float(), dim=-1)
+    z = torch.nn.functional.normalize(emb.float(), dim=-1)
     logits = z @ z.T / temperature
     self_mask = torch.eye(b, dtype=torch.bool, device=emb.device)
     logits = logits.masked_fill(self_mask, float("-inf"))  # exclude the anchor from its own denominator
@@ -70,7 +69,7 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
 def cosine_gap(emb: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean intra-task cosine minus mean inter-task cosine over distinct pairs (NaN if either is empty)."""
     with torch.no_grad():
-        z = F.normalize(emb.detach().float(), dim=-1)
+        z = torch.nn.functional.normalize(emb.detach().float(), dim=-1)
         sim = z @ z.T
         b = z.shape[0]
         off_diag = ~torch.eye(b, dtype=torch.bool, device=z.device)
