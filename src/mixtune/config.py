@@ -273,6 +273,23 @@ class RegistryConfig(Strict):
     enabled: bool = True
 
 
+class ReviewConfig(Strict):
+    """Expert review of model outputs during stage 2: the heat engine's live rejection input."""
+
+    live: bool = Field(False, description="review k outputs per task at every stage-2 evaluation cycle")
+    store: str = Field("review.db", description="SQLite path (relative: beside the run folders, so --fresh "
+                                                "keeps verdicts) or any SQLAlchemy URL")
+    simulate: bool = Field(True, description="a simulated reviewer answers through the review API (labelled "
+                                             "'simulated'); false: only human verdicts count")
+    k: int = Field(2, ge=1, description="outputs per task sampled for review each cycle")
+    max_new_tokens: int = Field(48, ge=1, description="length of the sampled outputs")
+    window: int = Field(50, ge=1, description="rejection rate over each task's most recent verdicts")
+    prior: float = Field(0.1, ge=0, le=1, description="rate a task is shrunk toward while it has few verdicts")
+    strength: float = Field(5.0, ge=0, description="pseudo-verdicts of the prior")
+    noise: float = Field(0.05, ge=0, le=1, description="simulated reviewer: chance of flipping a verdict")
+    bias: float = Field(0.0, ge=-1, le=1, description="simulated reviewer: lean towards reject (>0) or approve")
+
+
 class PipelineConfig(Strict):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -285,6 +302,7 @@ class PipelineConfig(Strict):
     eval: EvalConfig = EvalConfig()
     gates: GatesConfig = GatesConfig()
     registry: RegistryConfig = RegistryConfig()
+    review: ReviewConfig = ReviewConfig()
 
     # Paths are resolved relative to the YAML file's folder, recorded here by the loader.
     base_dir: str = Field(".", description="folder relative paths are resolved against")

@@ -7,6 +7,7 @@ and maps the pipeline config onto the components' flat arguments.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,8 +25,10 @@ from mixtune.eval.runner import evaluate_model, write_matrix
 from mixtune.model.tiny import build_tiny_model
 from mixtune.release.pipeline_steps import step_gates_and_registry
 from mixtune.report import write_report
+from mixtune.review import LiveRejection
+from mixtune.review.app import load_reasons
 from mixtune.rules import RuleEngine, RuleSet
-from mixtune.rundir import RunDir
+from mixtune.rundir import REVIEW_LOG, RunDir
 from mixtune.train.launch import launch_stage, write_profile
 from mixtune.train.loop import first_per_task
 from mixtune.train.stage1 import train_stage1
@@ -35,8 +38,14 @@ console = Console(stderr=True)
 STEPS = ("data", "base_model", "stage1", "stage2", "eval", "gates", "report")
 
 
+def review_log_digest(path: Path) -> str:
+    """Short hash of the data review log (empty when there is none)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else ""
+
+
 def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
-    fp = rd.fingerprint("data", ("data", "seed"))
+    # Expert decisions are data: a new verdict in the review log rebuilds the dataset.
+    fp = rd.fingerprint("data", ("data", "seed")) + "-" + review_log_digest(rd.path / REVIEW_LOG)
     if rd.done("data", fp):
         return rd.state["steps"]["data"]
     res = build_dataset(
@@ -116,6 +125,26 @@ def rejection_rates(rd: RunDir) -> dict[str, float]:
     return {k: float(v["rejection_rate"] if isinstance(v, dict) else v) for k, v in raw.items()}
 
 
+def review_store(cfg: PipelineConfig, rd: RunDir) -> str:
+    """The review store: a relative SQLite path lives beside the run folders, so ``--fresh`` (which
+    deletes the run folder) never deletes verdicts — they belong to the data, not to the run."""
+    store = cfg.review.store
+    if "://" in store or Path(store).is_absolute():
+        return store
+    return str(rd.path.parent / store)
+
+
+def live_review(cfg: PipelineConfig, rd: RunDir, onto, engine) -> LiveRejection:
+    """Stage 2's live human input: outputs go to the review store, reviewed by people through
+    ``mixtune review serve`` and/or the simulated reviewer (over the same HTTP API)."""
+    r = cfg.review
+    return LiveRejection(review_store(cfg, rd), reasons=load_reasons(cfg.resolve(cfg.data.ontology)),
+                         simulate=r.simulate, k=r.k, window=r.window, prior=r.prior, strength=r.strength,
+                         noise=r.noise, bias=r.bias, seed=cfg.seed, engine=engine,
+                         rule_ids={t.id: list(t.rule_ids) for t in onto.tasks.values()},
+                         families={t.id: t.family for t in onto.tasks.values()})
+
+
 def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: str) -> str:
     fp = rd.fingerprint("stage2", ("model", "stage2", "seed"), ("stage1",))
     out = rd.path / "stage2"
@@ -124,9 +153,17 @@ def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: st
         chains = [list(c.steps) for c in onto.chains.values()]
         t0 = time.time()
         if not launch_if_distributed(cfg, rd, 2):
-            train_stage2(cfg, samples, stage1_model, out, business_value=value, groups=groups, families=families,
-                         chains=chains, rejection=rejection_rates(rd), engine=rule_engine(cfg),
-                         mixing_log=rd.path / "mixing_log.jsonl")
+            engine = rule_engine(cfg)
+            live = live_review(cfg, rd, onto, engine) if cfg.review.live else None
+            try:
+                train_stage2(cfg, samples, stage1_model, out, business_value=value, groups=groups,
+                             families=families, chains=chains, rejection=rejection_rates(rd), engine=engine,
+                             mixing_log=rd.path / "mixing_log.jsonl",
+                             review_outputs=live.cycle if live else None, review_k=cfg.review.k,
+                             review_max_new_tokens=cfg.review.max_new_tokens)
+            finally:
+                if live:
+                    live.close()
         rd.mark("stage2", fp, wall_s=round(time.time() - t0, 1))
     return str(out / "model")
 

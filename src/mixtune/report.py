@@ -76,15 +76,18 @@ def aux_plot(recs: list[dict]) -> str:
 
 def mixing_plot(log: list[dict]) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 3.6))
     tasks = sorted(log[-1]["weights"])
     for t in tasks:
         steps = [r["step"] for r in log]
         axes[0].plot(steps, [r["weights"].get(t, 0) for r in log], label=t, lw=1)
         axes[1].plot(steps, [r["scores"].get(t, 0) for r in log], lw=1)
         axes[2].step(steps, [r["levels"].get(t, 1) for r in log], where="post", lw=1)
+        axes[3].plot(steps, [(r.get("rejection") or {}).get(t, 0) for r in log], lw=1)
     axes[0].set_title("sampling weight per task"), axes[1].set_title("validation score per task")
     axes[2].set_title("curriculum level per task")
+    live = any("rejection_verdicts" in r for r in log)
+    axes[3].set_title("human rejection rate per task" + (" (live review)" if live else " (fixed)"))
     for a in axes:
         a.set_xlabel("step")
     axes[0].legend(fontsize=6, ncol=2)
@@ -163,8 +166,11 @@ def write_report(run_dir: Path) -> Path:
     if mlog:
         last = mlog[-1]
         parts.append("<h2>Stage-2 mixing, curriculum and modulation</h2>" + mixing_plot(mlog)
-                     + _table(["task", "weight", "level", "score"], [
-                         [t, w, last["levels"].get(t, 1), last["scores"].get(t, 0.0)] for t, w in sorted(last["weights"].items())])
+                     + _table(["task", "weight", "level", "score", "rejection (verdicts)"], [
+                         [t, w, last["levels"].get(t, 1), last["scores"].get(t, 0.0),
+                          f"{(last.get('rejection') or {}).get(t, 0.0):.2f} "
+                          f"({(last.get('rejection_verdicts') or {}).get(t, '-')})"]
+                         for t, w in sorted(last["weights"].items())])
                      + f"<p>modulation factors: {html.escape(json.dumps(last.get('modulation', {})))}; "
                        f"promotions: {sum(len(r.get('promotions', [])) for r in mlog)} over {len(mlog)} cycles.</p>")
     gates = _jsonl(run_dir / "gates.jsonl")

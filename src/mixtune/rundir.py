@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,7 @@ from mixtune.config import PipelineConfig, dump_config
 from mixtune.errors import RunDirError
 
 STATE = "run_state.json"
+REVIEW_LOG = Path("data") / "review_log.jsonl"  # expert decisions on the data (mixtune review import)
 
 
 def _flatten(d, prefix=""):
@@ -61,11 +63,16 @@ class RunDir:
         elif self.path.is_dir() and any(self.path.iterdir()) and not resolved.is_file() and not fresh:
             raise RunDirError("directory is not empty and holds no mixtune run; choose another name or "
                               "output_dir", where=str(self.path))
+        kept = b""
         if fresh and self.path.is_dir():
-            import shutil
-
+            # Expert decisions belong to the data, not to the run: --fresh keeps them.
+            if (self.path / REVIEW_LOG).is_file():
+                kept = (self.path / REVIEW_LOG).read_bytes()
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if kept:
+            (self.path / REVIEW_LOG).parent.mkdir(parents=True, exist_ok=True)
+            (self.path / REVIEW_LOG).write_bytes(kept)
         resolved.write_text(dump_config(cfg), encoding="utf-8")
         self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"steps": {}}
 

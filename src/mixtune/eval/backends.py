@@ -83,6 +83,24 @@ class HFBackend:
         self.model = self._load_model(torch_dtype).to(device)
         self.model.eval()
 
+    @classmethod
+    def from_model(cls, model, tokenizer, *, device="cpu", batch_size: int = 32, name: str = "in-training"):
+        """A backend over an already loaded model (e.g. the one stage 2 is training), nothing reloaded.
+
+        The tokenizer is copied: generation pads and truncates on the left, training must not.
+        """
+        import copy
+
+        self = cls.__new__(cls)
+        self.path, self.name, self.device, self.batch_size = Path(name), name, device, batch_size
+        self.is_adapter = False
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model
+        return self
+
     # -- loading ---------------------------------------------------------------------------------
     def _check_dir(self) -> None:
         if not self.path.exists():

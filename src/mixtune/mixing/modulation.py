@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from mixtune.errors import CheckpointError, ConfigError
 
 GROUPS = ("logic", "style", "safety", "general")
@@ -52,7 +50,9 @@ class GroupModulation:
                               f"{logic_gain}, {style_ema}, {safety_unlikelihood}", where="stage2.modulation")
         self.logic_gain, self.style_ema, self.safety_ul = logic_gain, style_ema, safety_unlikelihood
         self.enabled = enabled
-        self.buffers: list[torch.Tensor] = []  # style EMA, one per trainable parameter (lazy)
+        # Style EMA, one per trainable parameter (lazy). Tensors are used through their own methods,
+        # so the mixing package never imports torch and its maths stays testable alone.
+        self.buffers: list = []
         self.style_steps = 0
 
     def loss_scale(self, group: str) -> float:
@@ -65,7 +65,7 @@ class GroupModulation:
         _check_group(group)
         return self.safety_ul if self.enabled and group == "safety" else 0.0
 
-    def smooth_style_(self, params: list[torch.Tensor]) -> None:
+    def smooth_style_(self, params: list) -> None:
         """Replace each parameter's gradient, in place, by the bias-corrected EMA of the style gradients.
 
         ``buf <- β·buf + (1-β)·grad`` from zero buffers, then ``grad <- buf / (1 - β^n)`` after the
@@ -76,7 +76,7 @@ class GroupModulation:
         if not self.enabled:
             return
         if len(self.buffers) != len(params):
-            self.buffers = [torch.zeros_like(p) for p in params]
+            self.buffers = [p.detach().new_zeros(p.shape) for p in params]
         self.style_steps += 1
         corr = 1 - self.style_ema ** self.style_steps
         for p, buf in zip(params, self.buffers):
@@ -84,11 +84,11 @@ class GroupModulation:
                 buf.mul_(self.style_ema).add_(p.grad, alpha=1 - self.style_ema)
                 p.grad.copy_(buf / corr)
 
-    def style_buffers(self) -> list[torch.Tensor]:
+    def style_buffers(self) -> list:
         """The EMA buffers on the CPU, one per parameter (saved beside the checkpoint's weights)."""
         return [b.detach().cpu() for b in self.buffers]
 
-    def load_style_buffers(self, buffers: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+    def load_style_buffers(self, buffers: list, params: list) -> None:
         """Restore buffers saved by :meth:`style_buffers` onto the parameters' devices."""
         if buffers and len(buffers) != len(params):
             raise CheckpointError(f"{len(buffers)} style buffers for {len(params)} parameters",
@@ -184,13 +184,13 @@ class AdaptiveModulation:
         _check_group(group)
         return self.safety_ul if group == "safety" else 0.0
 
-    def smooth_style_(self, params: list[torch.Tensor]) -> None:
+    def smooth_style_(self, params: list) -> None:
         """Adaptive methods reweight losses only; gradients are left unchanged."""
 
-    def style_buffers(self) -> list[torch.Tensor]:
+    def style_buffers(self) -> list:
         return []
 
-    def load_style_buffers(self, buffers: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+    def load_style_buffers(self, buffers: list, params: list) -> None:
         """Nothing to restore: adaptive methods keep no gradient buffers."""
 
     def factors(self) -> dict[str, float]:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from rich.progress import Progress
 
 from mixtune.config import PipelineConfig
 from mixtune.errors import DataError
+from mixtune.eval.backends import HFBackend
 from mixtune.mixing.curriculum import Curriculum
 from mixtune.mixing.factory import make_policy
 from mixtune.mixing.log import MixingLog, make_record
@@ -77,6 +80,10 @@ def unlikelihood(logits: torch.Tensor, labels: torch.Tensor, neg: list[list[int]
     return total / max(1, count)
 
 
+# (cycle, model version, {task: [{prompt, output, reference, sample_id}]}) -> {task: (rejection rate, verdicts)}
+ReviewFn = Callable[[int, str, dict[str, list[dict]]], dict[str, tuple[float, int]]]
+
+
 def style_ema_in_use(cfg: PipelineConfig) -> float:
     """Stage 2's style-EMA factor when its modulation rewrites gradients, else 0."""
     mod = cfg.stage2.modulation
@@ -89,10 +96,12 @@ class Stage2Recipe:
     def __init__(self, cfg: PipelineConfig, samples: list, model_path: str, out_dir: Path, *,
                  business_value: dict[str, float], groups: dict[str, str], families: dict[str, str],
                  chains: list[list[str]], rejection: dict[str, float], engine, mixing_log: Path | None,
-                 max_steps: int | None, progress: bool):
+                 max_steps: int | None, progress: bool, review_outputs: ReviewFn | None = None,
+                 review_k: int = 2, review_max_new_tokens: int = 48):
         self.cfg, self.st, self.samples, self.model_path, self.out_dir = cfg, cfg.stage2, samples, model_path, out_dir
         self.business_value, self.groups, self.families, self.chains = business_value, groups, families, chains
         self.rejection, self.engine = rejection, engine
+        self.review_outputs, self.review_k, self.review_max_new_tokens = review_outputs, review_k, review_max_new_tokens
         self.mixing_log_path = mixing_log or out_dir / "mixing_log.jsonl"
         self.total = max_steps or self.st.steps
         self.progress = progress
@@ -249,14 +258,42 @@ class Stage2Recipe:
         self.cycle += 1
         scores = per_task_scores(self.acc.unwrap_model(self.model), self.tokenizer, self.val, self.val_encs,
                                  self.autocast_dtype, self.acc.device)
-        decision = self.policy.update(self.cycle, step + 1, scores.mean, scores.per_sample, scores.loss,
-                                      self.rejection)
+        rejection, verdicts = self.rejection, {}
+        if self.review_outputs is not None:
+            rejection, verdicts = self._live_rejection(step)
+        decision = self.policy.update(self.cycle, step + 1, scores.mean, scores.per_sample, scores.loss, rejection)
         promotions = self.curriculum.update(self.cycle, scores.mean)
         if self.log:
             self.log.append(make_record(decision, self.curriculum.levels(), promotions, self.modulation.factors(),
-                                        losses=scores.loss, rejection=self.rejection,
-                                        progress=(step + 1) / self.total))
+                                        losses=scores.loss, rejection=rejection, progress=(step + 1) / self.total,
+                                        **({"rejection_verdicts": verdicts} if self.review_outputs else {})))
         return scores.mean
+
+    def _live_rejection(self, step: int) -> tuple[dict[str, float], dict[str, int]]:
+        """Sample k outputs per task from the current model, have them reviewed, return the rates.
+
+        Only the main process generates and asks the review store; the rates are broadcast so every
+        rank's policy takes the same decision.
+        """
+        box = [None]
+        if self.acc.is_main_process:
+            picked = first_per_task(self.val, self.review_k)
+            model = self.acc.unwrap_model(self.model)
+            gen = HFBackend.from_model(model, self.tokenizer, device=self.acc.device)
+            prompts = [[next(m for m in s.messages if m.role == "user").model_dump()] for s in picked]
+            model.eval()  # greedy decoding draws no random numbers: the training stream is untouched
+            texts = gen.generate(prompts, max_new_tokens=self.review_max_new_tokens)
+            model.train()
+            outputs: dict[str, list[dict]] = {}
+            for s, conv, text in zip(picked, prompts, texts):
+                reference = next((m.content for m in s.messages if m.role == "assistant"), "")
+                outputs.setdefault(s.task_id, []).append(
+                    {"prompt": conv[0]["content"], "output": text, "reference": reference, "sample_id": s.id})
+            box[0] = self.review_outputs(self.cycle, f"{self.out_dir}@step{step + 1}", outputs)
+        if self.acc.num_processes > 1:
+            broadcast_object_list(box)
+        rates = box[0]
+        return {t: float(r) for t, (r, _) in rates.items()}, {t: int(n) for t, (_, n) in rates.items()}
 
     def _save_checkpoint(self, step: int, model_state: dict) -> None:
         save_checkpoint(self.ckpt_root, step + 1, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler, {
@@ -277,11 +314,20 @@ class Stage2Recipe:
 def train_stage2(cfg: PipelineConfig, samples: list, model_path: str, out_dir: Path, *,
                  business_value: dict[str, float], groups: dict[str, str], families: dict[str, str],
                  chains: list[list[str]], rejection: dict[str, float], engine=None,
-                 mixing_log: Path | None = None, max_steps: int | None = None, progress: bool = True) -> Path:
-    """Run stage 2 from ``model_path`` (the stage-1 model) and save an HF model under ``out_dir``."""
+                 mixing_log: Path | None = None, max_steps: int | None = None, progress: bool = True,
+                 review_outputs: ReviewFn | None = None, review_k: int = 2, review_max_new_tokens: int = 48) -> Path:
+    """Run stage 2 from ``model_path`` (the stage-1 model) and save an HF model under ``out_dir``.
+
+    ``rejection`` is a fixed per-task human rejection rate. With ``review_outputs`` the rate is
+    live instead: at every evaluation cycle ``review_k`` greedy outputs per task of the current
+    model go to that callable (the review store and its reviewers), whose per-task rates and
+    verdict counts feed the heat engine and ``mixing_log.jsonl``.
+    """
     recipe = Stage2Recipe(cfg, samples, model_path, out_dir, business_value=business_value, groups=groups,
                           families=families, chains=chains, rejection=rejection, engine=engine,
-                          mixing_log=mixing_log, max_steps=max_steps, progress=progress)
+                          mixing_log=mixing_log, max_steps=max_steps, progress=progress,
+                          review_outputs=review_outputs, review_k=review_k,
+                          review_max_new_tokens=review_max_new_tokens)
     recipe.setup()
     recipe.train()
     return recipe.save_and_cleanup()
