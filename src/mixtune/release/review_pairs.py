@@ -94,9 +94,23 @@ def export_review(store: ShadowStore, records: list[dict], path: str | Path, fmt
             w = csv.DictWriter(fh, fieldnames=["request_id", "task_id", "prompt", "answer_a", "answer_b",
                                                "verdict", "reviewer", "comment"])
             w.writeheader()
-            w.writerows(items)
+            w.writerows({k: csv_safe(v) for k, v in i.items()} for i in items)
     store.save_assignments(mapping)
     return len(items)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """Prefix ``'`` to a cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR).
+
+    Prompts and answers are user/model text: ``=HYPERLINK(...)`` in an answer must not execute in the
+    reviewer's Excel. The apostrophe is what spreadsheets themselves use to mark a literal.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _norm_choice(value, where: str) -> str | None:
