@@ -51,6 +51,44 @@ async def fake_upstream(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
+class FakeUpstream:
+    """A configurable fake OpenAI upstream (ASGI) for fault tests: flip ``delay_s`` and ``mode`` live.
+
+    ``mode``: ``ok`` (the fixed completion after ``delay_s``), ``crash`` (HTTP 500), ``garbage``
+    (200 with a non-JSON body), ``reset`` (the connection is dropped without an answer).
+    ``posts`` counts chat calls.
+    """
+
+    def __init__(self, model: str = "fake", delay_s: float = 0.0, mode: str = "ok"):
+        self.model, self.delay_s, self.mode, self.posts = model, delay_s, mode, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await fake_upstream(scope, receive, send)
+            return
+        more = True
+        while more:
+            msg = await receive()
+            more = msg.get("more_body", False)
+        status, body = 200, _ANSWER
+        if scope["method"] == "GET":
+            body = json.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]}).encode()
+        else:
+            self.posts += 1
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.mode == "crash":
+                status, body = 500, b'{"error": {"message": "boom", "type": "server_error"}}'
+            elif self.mode == "garbage":
+                body = b"not json"
+            elif self.mode == "reset":
+                raise RuntimeError("fake upstream drops the connection")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]

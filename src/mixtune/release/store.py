@@ -152,7 +152,19 @@ class ShadowStore:
             raise ConfigError(f"cannot create tables in {url!r}: {e}", where="--db") from e
 
     # -- records ---------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile and run the upsert once, rolled back: the first real batch is then as fast as the rest."""
+        upsert = self._upsert()
+        if upsert is None:
+            return
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            conn.execute(upsert, [sanitize_record({"request_id": "__warm_up__"})])
+            trans.rollback()
+
     def _upsert(self):
+        if getattr(self, "_upsert_stmt", None) is not None:
+            return self._upsert_stmt
         name = self.engine.dialect.name
         if name in ("sqlite", "postgresql"):
             if name == "sqlite":
@@ -160,9 +172,10 @@ class ShadowStore:
             else:
                 from sqlalchemy.dialects.postgresql import insert
             stmt = insert(self.records)
-            return stmt.on_conflict_do_update(
+            self._upsert_stmt = stmt.on_conflict_do_update(
                 index_elements=[self.records.c.request_id],
                 set_={c: stmt.excluded[c] for c in RECORD_COLUMNS if c != "request_id"})
+            return self._upsert_stmt
         return None
 
     def insert_records(self, rows: Iterable[dict]) -> int:
