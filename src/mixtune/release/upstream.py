@@ -1,4 +1,4 @@
-"""An OpenAI-compatible upstream as the gateway sees it: one async client, calls that never raise.
+"""An OpenAI-compatible upstream as the gateway sees it: one keep-alive pool, calls that never raise.
 
 Model discovery: without a configured model name the upstream's ``/v1/models`` is asked for the
 served id (vLLM and ``mixtune serve`` reject unknown names). A failed discovery is retried with
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from mixtune.release.http_client import FastClient
 
 log = logging.getLogger("mixtune.gateway")
 
@@ -57,9 +59,13 @@ class Upstream:
         self.client = None
 
     def open(self) -> None:
+        """Create the connection pool: :class:`FastClient` for plain http, httpx for https or a test transport."""
+        self._lock = asyncio.Lock()
+        if self._transport is None and self.base.startswith("http://"):
+            self.client = FastClient(headers=self._headers, timeout=self.timeout, max_connections=self._limits)
+            return
         import httpx
 
-        self._lock = asyncio.Lock()
         self.client = httpx.AsyncClient(
             headers=self._headers, timeout=self.timeout, transport=self._transport,
             limits=httpx.Limits(max_connections=self._limits, max_keepalive_connections=self._limits))
