@@ -104,7 +104,7 @@ def _summary(fault: str, results: list[dict], stored: set[str], *, guarantee: st
             "lost_beyond_guarantee": len(missing - set(allowed)), "guarantee": guarantee, "note": note}
 
 
-def _phases(tmp: Path, n: int) -> list[dict]:
+def _phases(tmp: Path, n: int, *, down_s: float = 1.0, lock_s: float = 3.0) -> list[dict]:
     """Live faults on one batch gateway: candidate slow, down, crashing; champion restart; store locked."""
     champ_app, cand_app = FakeUpstream("champ"), FakeUpstream("cand")
     champ = ServerThread(champ_app, graceful_timeout=0.5).start()
@@ -134,12 +134,12 @@ def _phases(tmp: Path, n: int) -> list[dict]:
         port = int(champ.url.rsplit(":", 1)[1])
         state = {"down_at": None}
 
-        async def restart(k: int) -> None:  # champion down for ~1 s a third of the way in
+        async def restart(k: int) -> None:  # champion down for ~down_s a third of the way in
             nonlocal champ
             if k == n // 3:
                 await asyncio.to_thread(champ.stop)
                 state["down_at"] = time.monotonic()
-            elif state["down_at"] and time.monotonic() - state["down_at"] > 1.0:
+            elif state["down_at"] and time.monotonic() - state["down_at"] > down_s:
                 state["down_at"] = None
                 champ = await asyncio.to_thread(lambda: ServerThread(champ_app, port=port,
                                                                      graceful_timeout=0.5).start())
@@ -150,7 +150,6 @@ def _phases(tmp: Path, n: int) -> list[dict]:
         after = asyncio.run(drive(url, 16))  # recovered: every request answered again
         notes["champion_restart"] = (f"502 while the champion is down; after it is back "
                                      f"{sum(r['status'] == 200 for r in after)}/16 answered")
-        lock_s = 3.0
         locker = sqlite3.connect(db_path, timeout=30)
 
         def hold_lock() -> None:
@@ -243,7 +242,7 @@ def run_faults(n: int, *, full: bool, seed: int = 0) -> list[dict]:
     """Every fault (the quick tier skips the sync kill and the disk-full runs); one dict per fault."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        faults = _phases(tmp, n)
+        faults = _phases(tmp, n, down_s=1.0 if full else 0.5, lock_s=3.0 if full else 1.5)
         faults.append(_kill(tmp, 3 * n, "batch", seed))
         if full:
             faults.append(_kill(tmp, 3 * n, "sync", seed))
@@ -256,7 +255,7 @@ def run_faults(n: int, *, full: bool, seed: int = 0) -> list[dict]:
 
 def run(ctx: Context) -> dict:
     """The ``reliability`` bench suite."""
-    n = 200 if ctx.full else 24
+    n = 200 if ctx.full else 16
     faults = run_faults(n, full=ctx.full, seed=ctx.seeds[0])
     table = [row(f"{f['fault']}: answered / user errors / lost", f"{f['answered']} / {f['user_errors']} / {f['lost']}",
                  target="lost beyond guarantee 0", note=f"{f['requests']} requests; lost beyond guarantee "
