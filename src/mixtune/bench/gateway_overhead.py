@@ -55,7 +55,7 @@ class FakeUpstream:
     """A configurable fake OpenAI upstream (ASGI) for fault tests: flip ``delay_s`` and ``mode`` live.
 
     ``mode``: ``ok`` (the fixed completion after ``delay_s``), ``crash`` (HTTP 500), ``garbage``
-    (200 with a non-JSON body), ``reset`` (the connection is dropped without an answer).
+    (200 with a non-JSON body), ``reset`` (the app raises mid-request: uvicorn answers 500 or drops the connection).
     ``posts`` counts chat calls.
     """
 

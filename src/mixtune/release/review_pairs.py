@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import random
 from pathlib import Path
@@ -126,11 +127,24 @@ def _norm_choice(value, where: str) -> str | None:
     return v
 
 
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 with or without BOM (Excel writes one), else GB18030 (Excel on Chinese Windows)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise DataError("review file is neither UTF-8 nor GBK/GB18030 text", str(path)) from None
+
+
 def _read_choices(path: Path, fmt: str) -> list[dict]:
     """``[{request_id, choice (A/B/tie), reviewer, comment}]`` from a reviewed export."""
     out = []
+    text = _read_text(path)
     if fmt == "csv":
-        with path.open(encoding="utf-8", newline="") as fh:
+        with io.StringIO(text, newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh), 2):
                 c = _norm_choice(row.get("verdict"), f"{path}:{i}")
                 if c:
@@ -138,14 +152,14 @@ def _read_choices(path: Path, fmt: str) -> list[dict]:
                                 "comment": row.get("comment")})
         return out
     if fmt == "jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         for i, row in enumerate(rows, 1):
             c = _norm_choice(row.get("verdict"), f"{path}:{i}")
             if c:
                 out.append({"request_id": row.get("request_id"), "choice": c, "reviewer": row.get("reviewer"),
                             "comment": row.get("comment")})
         return out
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(text)
     for i, task in enumerate(data):
         where = f"{path}[{i}]"
         if fmt == "labelstudio":
