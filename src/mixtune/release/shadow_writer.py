@@ -206,4 +206,5 @@ class ShadowWriter:
         if retry:
             with self._cond:
                 self._pending[:0] = retry
-            time.sleep(_RETRY_PAUSE_S)  # a locked or full database gets a moment before the next try
+                if not self._stopping:  # a locked or full database gets a moment before the next try
+                    self._cond.wait(_RETRY_PAUSE_S)
