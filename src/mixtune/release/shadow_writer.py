@@ -57,7 +57,9 @@ class ShadowWriter:
         self.stats = stats if stats is not None else {}
         for k in ("records_written", "records_lost", "write_failures"):
             self.stats.setdefault(k, 0)
-        self._pending: list[tuple[dict, bool, asyncio.Future | None, int]] = []
+        self._pending: list[list] = []  # [record, final, future, tries, masked row]
+        self._retry: list[list] = []  # failed records waiting for _retry_at
+        self._retry_at = 0.0
         self._cond = threading.Condition()
         self._stats_lock = threading.Lock()
         self._prompts: dict[str, str] = {}  # masked prompt of half-written records (masked once)
@@ -84,15 +86,16 @@ class ShadowWriter:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._cond:
-            left = len(self._pending)
+            left = len(self._pending) + len(self._retry)
             if left:
                 self._count("records_lost", left)
                 log.error("shutdown: %d shadow records could not be written", left)
             self._pending.clear()
+            self._retry.clear()
         return left
 
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._retry)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -110,7 +113,7 @@ class ShadowWriter:
                 full = True
             else:
                 full = False
-                self._pending.append((dict(record), final, fut, 0))
+                self._pending.append([dict(record), final, fut, 0, None])
                 if self.sync or len(self._pending) >= _MAX_BATCH:
                     self._cond.notify()
         if full:  # the database is far behind: lose the record, never block or fail the user in batch mode
@@ -145,17 +148,23 @@ class ShadowWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._stopping:
-                    if self.sync:
-                        while not self._pending and not self._stopping:
-                            self._cond.wait()
-                    else:  # batch: at least every window, sooner when a batch is full
+                while not self._stopping:
+                    now = time.monotonic()
+                    retry_due = bool(self._retry) and now >= self._retry_at
+                    if not self.sync:  # batch: at least every window, sooner when a batch is full
                         self._cond.wait(self.window_s)
+                        break
+                    if self._pending or retry_due:  # sync: at once (group commit)
+                        break
+                    self._cond.wait(max(0.0, self._retry_at - now) if self._retry else None)
                 batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
                 stopping = self._stopping
+                # failed records wait for their pause; new records never wait behind them
+                if self._retry and (stopping or time.monotonic() >= self._retry_at):
+                    batch, self._retry = self._retry + batch, []
             if batch:
                 self._flush(batch)
-            elif stopping:
+            elif stopping and not self._retry:
                 return
 
     def _write(self, rows: list[dict], items: list) -> list:
@@ -180,31 +189,33 @@ class ShadowWriter:
 
     def _flush(self, batch: list) -> None:
         rows, items = [], []
-        for rec, final, fut, tries in batch:
+        for item in batch:  # [record, final, future, tries, masked row or None]
             try:
-                rows.append(self._masked(rec, final))
-                items.append((rec, final, fut, tries))
+                if item[4] is None:  # masked once, also across retries
+                    item[4] = self._masked(item[0], item[1])
+                rows.append(item[4])
+                items.append(item)
             except Exception as e:  # a record the masker cannot read is dropped alone
-                log.error("record %s dropped: %s", rec.get("request_id"), type(e).__name__)
+                log.error("record %s dropped: %s", item[0].get("request_id"), type(e).__name__)
                 self._count("records_lost")
-                self._loop.call_soon_threadsafe(self._resolve, fut, False)
+                self._loop.call_soon_threadsafe(self._resolve, item[2], False)
         failed = self._write(rows, items) if rows else []
         failed_ids = {id(it) for it in failed}
         done = [it for it in items if id(it) not in failed_ids]
         self._count("records_written", len(done))
         self.last_commit = time.monotonic()
-        for _, _, fut, _ in done:
-            self._loop.call_soon_threadsafe(self._resolve, fut, True)
+        for it in done:
+            self._loop.call_soon_threadsafe(self._resolve, it[2], True)
         retry = []
-        for rec, final, fut, tries in failed:
-            self._loop.call_soon_threadsafe(self._resolve, fut, False)  # sync: the user is not kept waiting
-            if tries + 1 < _MAX_TRIES:
-                retry.append((rec, final, None, tries + 1))
+        for it in failed:
+            self._loop.call_soon_threadsafe(self._resolve, it[2], False)  # sync: the user is not kept waiting
+            it[2], it[3] = None, it[3] + 1
+            if it[3] < _MAX_TRIES:
+                retry.append(it)
             else:
                 self._count("records_lost")
-                log.error("record %s lost after %d attempts", rec.get("request_id"), _MAX_TRIES)
+                log.error("record %s lost after %d attempts", it[0].get("request_id"), _MAX_TRIES)
         if retry:
             with self._cond:
-                self._pending[:0] = retry
-                if not self._stopping:  # a locked or full database gets a moment before the next try
-                    self._cond.wait(_RETRY_PAUSE_S)
+                self._retry.extend(retry)
+                self._retry_at = time.monotonic() + _RETRY_PAUSE_S
