@@ -135,7 +135,10 @@ class FastClient:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"FastClient handles plain http:// URLs, not {url!r}")
         addr = (parts.hostname, parts.port or 80)
-        data = self._request_bytes(method, parts.netloc, parts.path or "/", content, headers)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        host = f"{host}:{parts.port}" if parts.port else host  # never user:password@ from the URL
+        data = self._request_bytes(method, host, target, content, headers)
         idle = self._idle.setdefault(addr, [])
         async with self._sem:
             for attempt in (0, 1):
