@@ -146,6 +146,7 @@ class Gateway:
             job.record[f"{job.other}_error"] = "gateway shut down before the mirror ran"
             self.writer.submit(job.record, final=True)
         await asyncio.to_thread(self.writer.close, self.drain_timeout + 10)
+        self.store.close()  # SQLite: the last connection checkpoints the WAL into the database file
         await self.champion.aclose()
         await self.candidate.aclose()
 
@@ -278,7 +279,7 @@ def build_gateway_app(champion_url: str, candidate_url: str, *, api_key: str, db
         raise ConfigError("an empty salt makes user hashes guessable; leave it unset for a random one",
                           where="--salt")
     # a locked database must not stall the writer thread for long: it retries instead
-    store = ShadowStore(db_url, table_prefix=table_prefix, durability=durability, lock_timeout=5.0)
+    store = ShadowStore(db_url, table_prefix=table_prefix, durability=durability, lock_timeout=5.0, wal=True)
     gw = Gateway(Upstream("champion", champion_url, api_key=champion_api_key, model=champion_model,
                           timeout=champion_timeout, transport=transport),
                  Upstream("candidate", candidate_url, api_key=candidate_api_key, model=candidate_model,

@@ -4,9 +4,9 @@ SQLAlchemy Core over any URL (SQLite file by default, PostgreSQL when several ga
 share one log). Records are upserted by request id: the gateway writes a record when the user is
 answered and again when the other model's answer arrives. Every value is sanitised on the way in
 (NUL characters, over-long ids, non-finite numbers, wrong types), so one odd request can never fail
-a batch. SQLite files run in WAL mode (readers never block the writer); ``synchronous`` is FULL
-for ``durability="sync"`` (a commit survives a power cut) and NORMAL otherwise (a commit survives a
-killed process). Tables (optionally prefixed, e.g. per test run on a shared PostgreSQL):
+a batch. The gateway opens SQLite files in WAL mode (``wal=True``: readers never block the writer);
+``synchronous`` is then FULL for ``durability="sync"`` (a commit survives a power cut) and NORMAL
+otherwise (a commit survives a killed process). Tables (optionally prefixed, e.g. per test run on a shared PostgreSQL):
 
 * ``shadow_records`` — one row per request id: time, source (gateway/replay), user hash, route,
   which model answered, task id, masked prompt, both answers, latencies and errors.
@@ -76,7 +76,7 @@ class ShadowStore:
     """Thread-safe access to the shadow log at SQLAlchemy ``url`` (tables created on open)."""
 
     def __init__(self, url: str, *, table_prefix: str = "", durability: str = "batch",
-                 lock_timeout: float = 30.0):
+                 lock_timeout: float = 30.0, wal: bool = False):
         import sqlalchemy as sa
         from sqlalchemy.pool import StaticPool
 
@@ -98,7 +98,7 @@ class ShadowStore:
             self.engine = sa.create_engine(url, **kwargs)
         except Exception as e:
             raise ConfigError(f"cannot open database {url!r}: {e}", where="--db") from e
-        if self.is_sqlite and not memory:
+        if self.is_sqlite and not memory and wal:
             sync_level = "FULL" if durability == "sync" else "NORMAL"
 
             @sa.event.listens_for(self.engine, "connect")
