@@ -84,3 +84,35 @@ def test_sync_durability_answers_503_when_the_record_cannot_be_written(tmp_path)
                 assert stats["unrecorded_refusals"] == 1
     assert codes["sync"][0] == 503 and codes["sync"][1]["error"]["code"] == "shadow_log_unavailable"
     assert codes["batch"][0] == 200  # batch: availability first, the loss is counted and logged
+
+
+class FlakyStore(PickyStore):
+    """Fails the first write like a locked database, then works."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def insert_records(self, rows):
+        self.calls += 1
+        if self.calls == 1:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        for r in rows:
+            self.rows[r["request_id"]] = r
+
+
+def test_a_retried_half_never_overwrites_the_newer_pair():
+    async def go():
+        store = FlakyStore()
+        w = ShadowWriter(store, lambda s: s, window_ms=10)
+        w.start(asyncio.get_running_loop())
+        half = _rec("r1")
+        w.submit(half, final=False)  # the first write fails: this half waits for its retry
+        await asyncio.sleep(0.2)
+        w.submit(dict(half, candidate_answer="pair"), final=True)  # written at once, before the retry
+        await asyncio.sleep(1.5)  # past the retry pause
+        await asyncio.to_thread(w.close, 2.0)
+        return store
+
+    store = asyncio.run(go())
+    assert store.rows["r1"]["candidate_answer"] == "pair"

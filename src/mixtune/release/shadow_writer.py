@@ -57,7 +57,9 @@ class ShadowWriter:
         self.stats = stats if stats is not None else {}
         for k in ("records_written", "records_lost", "write_failures"):
             self.stats.setdefault(k, 0)
-        self._pending: list[list] = []  # [record, final, future, tries, masked row]
+        self._pending: list[list] = []  # [record, final, future, tries, masked row, sequence number]
+        self._seq = 0
+        self._written: dict[str, int] = {}  # request id -> newest sequence number written (bounded)
         self._retry: list[list] = []  # failed records waiting for _retry_at
         self._retry_at = 0.0
         self._cond = threading.Condition()
@@ -113,7 +115,8 @@ class ShadowWriter:
                 full = True
             else:
                 full = False
-                self._pending.append([dict(record), final, fut, 0, None])
+                self._seq += 1
+                self._pending.append([dict(record), final, fut, 0, None, self._seq])
                 if self.sync or len(self._pending) >= _MAX_BATCH:
                     self._cond.notify()
         if full:  # the database is far behind: lose the record, never block or fail the user in batch mode
@@ -189,7 +192,9 @@ class ShadowWriter:
 
     def _flush(self, batch: list) -> None:
         rows, items = [], []
-        for item in batch:  # [record, final, future, tries, masked row or None]
+        for item in batch:  # [record, final, future, tries, masked row or None, sequence number]
+            if item[3] and self._written.get(item[0]["request_id"], 0) > item[5]:
+                continue  # a retried half whose newer version (the pair) is already written
             try:
                 if item[4] is None:  # masked once, also across retries
                     item[4] = self._masked(item[0], item[1])
@@ -204,6 +209,11 @@ class ShadowWriter:
         done = [it for it in items if id(it) not in failed_ids]
         self._count("records_written", len(done))
         self.last_commit = time.monotonic()
+        for it in done:
+            rid = it[0]["request_id"]
+            self._written[rid] = max(self._written.get(rid, 0), it[5])
+        while len(self._written) > 4 * self.max_pending:
+            self._written.pop(next(iter(self._written)))
         for it in done:
             self._loop.call_soon_threadsafe(self._resolve, it[2], True)
         retry = []
