@@ -96,7 +96,10 @@ def test_mirrors_every_request_and_masks_pii(stack):
     stored = row["prompt"] + row["champion_answer"] + row["candidate_answer"]
     assert "13812345678" not in stored and "110101199003071234" not in stored
     assert "138****5678" in json.loads(row["prompt"])[0]["content"]
-    assert row["user_hash"] == user_hash("alice", "mixtune") and "alice" not in json.dumps(row)
+    # the salt is a random secret kept in the database, not a constant
+    salt = ShadowStore(db).secret("user_salt")
+    assert len(salt) == 32 and salt != "mixtune"
+    assert row["user_hash"] == user_hash("alice", salt) and "alice" not in json.dumps(row)
     assert len(cand_app.state.calls) == 1
 
 
@@ -145,7 +148,7 @@ def test_canary_is_sticky_and_falls_back_to_champion(stack):
     assert 0.17 < share < 0.33
     canary_user = next(u for u in users if canary_route(user_hash(u, "mixtune"), 0.25) == "candidate")
     other_user = next(u for u in users if canary_route(user_hash(u, "mixtune"), 0.25) == "champion")
-    gw, _ = start(canary_share=0.25)
+    gw, _ = start(canary_share=0.25, salt="mixtune")
     client = _client(gw.url)
     msgs = [{"role": "user", "content": "hi"}]
     for _ in range(3):  # sticky: the same user always lands on the same model
@@ -170,11 +173,17 @@ def test_feedback_is_stored_and_validated(stack):
     import httpx
 
     h = {"Authorization": "Bearer sekret"}
+    rid = _client(gw.url).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]).headers["x-request-id"]
     r = httpx.post(gw.url + "/v1/feedback", headers=h,
-                   json={"request_id": "chatcmpl-1", "rating": 4, "comment": "打给13812345678"})
+                   json={"request_id": rid, "rating": 4, "comment": "打给13812345678"})
     assert r.status_code == 200 and r.json()["status"] == "stored"
-    bad = httpx.post(gw.url + "/v1/feedback", headers=h, json={"request_id": "chatcmpl-1"})
+    bad = httpx.post(gw.url + "/v1/feedback", headers=h, json={"request_id": rid})
     assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
+    unknown = httpx.post(gw.url + "/v1/feedback", headers=h, json={"request_id": "chatcmpl-nope", "rating": 1})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "request_not_found"
+    huge = httpx.post(gw.url + "/v1/feedback", headers=h, json={"request_id": rid, "rating": 1, "comment": "x" * 5000})
+    assert huge.status_code == 413
     fb = ShadowStore(db).load_feedback()
     assert len(fb) == 1 and fb[0]["rating"] == 4 and fb[0]["comment"] == "打给138****5678"
 

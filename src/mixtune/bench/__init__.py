@@ -30,6 +30,7 @@ SUITES: dict[str, Callable[[Context], dict]] = {
     "trace": _lazy("data_suites", "run_trace"),
     "evaluation": _lazy("serve_suites", "run_evaluation"),
     "gateway": _lazy("serve_suites", "run_gateway"),
+    "reliability": _lazy("reliability"),
     "throughput": _lazy("throughput"),
     "efficiency": _lazy("efficiency"),
     "stage1_ablation": _lazy("stage1_ablation"),

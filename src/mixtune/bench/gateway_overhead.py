@@ -56,6 +56,44 @@ async def fake_upstream(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
+class FakeUpstream:
+    """A configurable fake OpenAI upstream (ASGI) for fault tests: flip ``delay_s`` and ``mode`` live.
+
+    ``mode``: ``ok`` (the fixed completion after ``delay_s``), ``crash`` (HTTP 500), ``garbage``
+    (200 with a non-JSON body), ``reset`` (the app raises mid-request: uvicorn answers 500 or drops the connection).
+    ``posts`` counts chat calls.
+    """
+
+    def __init__(self, model: str = "fake", delay_s: float = 0.0, mode: str = "ok"):
+        self.model, self.delay_s, self.mode, self.posts = model, delay_s, mode, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await fake_upstream(scope, receive, send)
+            return
+        more = True
+        while more:
+            msg = await receive()
+            more = msg.get("more_body", False)
+        status, body = 200, _ANSWER
+        if scope["method"] == "GET":
+            body = json.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]}).encode()
+        else:
+            self.posts += 1
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.mode == "crash":
+                status, body = 500, b'{"error": {"message": "boom", "type": "server_error"}}'
+            elif self.mode == "garbage":
+                body = b"not json"
+            elif self.mode == "reset":
+                raise RuntimeError("fake upstream drops the connection")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
@@ -113,8 +151,13 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, deadline_s: float = 120.0) -> dict:
+def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, warmup: int = 20, deadline_s: float = 120.0,
+                             durability: str = "batch") -> dict:
     """Run the benchmark; returns p50/p99 latencies (ms) of both paths, overheads and lost records.
+
+    ``durability``: the gateway's ``--durability`` (``sync`` waits for the commit before answering).
+    ``gateway_cpu_ms_per_request``: CPU seconds the gateway process spent per request (user + system),
+    a number the machine's other load disturbs much less than latencies.
 
     Client (this process), fake upstreams and the gateway run in three processes, as in production,
     so the gateway's cost is not inflated by sharing one interpreter lock with the load generator.
@@ -135,10 +178,14 @@ def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, war
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "mixtune", "gateway", "--champion", champ, "--candidate", cand, "--db", db,
                  "--champion-model", "fake", "--candidate-model", "fake", "--host", "127.0.0.1",
-                 "--port", str(p_gw)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                 "--port", str(p_gw), "--durability", durability], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True))
             _wait_up(gw + "/health", procs[1], 60)
             asyncio.run(_drive(champ, gw, warmup, 2, deadline_s))  # open connections, warm caches
+            cpu0 = _cpu_s(procs[1].pid)
             direct, via = asyncio.run(_drive(champ, gw, n_requests, concurrency, deadline_s))
+            time.sleep(0.2)  # the mirrors of the last requests
+            cpu = (_cpu_s(procs[1].pid) - cpu0) / max(1, len(via)) * 1000
             _stop(procs.pop())  # the gateway: drain + flush before counting
         finally:
             for p in procs:
@@ -151,8 +198,17 @@ def measure_gateway_overhead(n_requests: int = 500, concurrency: int = 8, *, war
         "gateway_p50_ms": _pct(via, 0.5), "gateway_p99_ms": _pct(via, 0.99),
         "p50_overhead_ms": _pct(via, 0.5) - _pct(direct, 0.5),
         "p99_overhead_ms": _pct(via, 0.99) - _pct(direct, 0.99),
-        "lost_records": sent - stored,
+        "lost_records": sent - stored, "gateway_cpu_ms_per_request": cpu, "durability": durability,
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _serve_fakes(ports: list[int]) -> None:

@@ -18,6 +18,8 @@ def serve_cmd(
     dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
     max_batch: int = typer.Option(8, help="most concurrent requests merged into one generate call"),
     max_tokens_limit: int = typer.Option(4096, help="largest max_tokens a request may ask for"),
+    max_body_bytes: int = typer.Option(1 << 20, help="larger request bodies are refused with 413"),
+    shutdown_timeout: float = typer.Option(120.0, help="seconds SIGTERM waits for in-flight generations"),
 ) -> None:
     """Serve MODEL on /v1/models and /v1/chat/completions (non-streaming) until Ctrl-C."""
     from mixtune.eval.backends import HFBackend
@@ -29,9 +31,9 @@ def serve_cmd(
     name = model_name or os.path.basename(os.path.normpath(model))
     app = build_serve_app(backend, model_name=name, api_key=api_key, max_batch=max_batch,
                           count_tokens=count_text, count_prompt_tokens=count_prompt,
-                          max_tokens_limit=max_tokens_limit)
+                          max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes)
     typer.echo(f"serving {name!r} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-    serve_forever(app, host, port)
+    serve_forever(app, host, port, graceful_timeout=shutdown_timeout)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import random
 from pathlib import Path
@@ -94,9 +95,23 @@ def export_review(store: ShadowStore, records: list[dict], path: str | Path, fmt
             w = csv.DictWriter(fh, fieldnames=["request_id", "task_id", "prompt", "answer_a", "answer_b",
                                                "verdict", "reviewer", "comment"])
             w.writeheader()
-            w.writerows(items)
+            w.writerows({k: csv_safe(v) for k, v in i.items()} for i in items)
     store.save_assignments(mapping)
     return len(items)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """Prefix ``'`` to a cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR).
+
+    Prompts and answers are user/model text: ``=HYPERLINK(...)`` in an answer must not execute in the
+    reviewer's Excel. The apostrophe is what spreadsheets themselves use to mark a literal.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _norm_choice(value, where: str) -> str | None:
@@ -112,11 +127,24 @@ def _norm_choice(value, where: str) -> str | None:
     return v
 
 
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 with or without BOM (Excel writes one), else GB18030 (Excel on Chinese Windows)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise DataError("review file is neither UTF-8 nor GBK/GB18030 text", str(path)) from None
+
+
 def _read_choices(path: Path, fmt: str) -> list[dict]:
     """``[{request_id, choice (A/B/tie), reviewer, comment}]`` from a reviewed export."""
     out = []
+    text = _read_text(path)
     if fmt == "csv":
-        with path.open(encoding="utf-8", newline="") as fh:
+        with io.StringIO(text, newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh), 2):
                 c = _norm_choice(row.get("verdict"), f"{path}:{i}")
                 if c:
@@ -124,14 +152,14 @@ def _read_choices(path: Path, fmt: str) -> list[dict]:
                                 "comment": row.get("comment")})
         return out
     if fmt == "jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         for i, row in enumerate(rows, 1):
             c = _norm_choice(row.get("verdict"), f"{path}:{i}")
             if c:
                 out.append({"request_id": row.get("request_id"), "choice": c, "reviewer": row.get("reviewer"),
                             "comment": row.get("comment")})
         return out
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(text)
     for i, task in enumerate(data):
         where = f"{path}[{i}]"
         if fmt == "labelstudio":

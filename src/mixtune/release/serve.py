@@ -23,10 +23,13 @@ from typing import Any
 from fastapi import Request  # module level: FastAPI resolves postponed annotations here
 
 from mixtune.release.openai_compat import (
+    MAX_BODY_BYTES,
     bearer_ok,
+    chat_problem_param,
     content_text,
     error_response,
     json_body,
+    protect_openapi,
     unauthorized,
     validate_chat_body,
 )
@@ -106,16 +109,19 @@ def _parse_params(body: dict, default_max_tokens: int, max_tokens_limit: int) ->
         return "streaming is not supported by this server; send stream=false"
     if body.get("n", 1) not in (1, None):
         return "only n=1 is supported"
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
-    if not isinstance(max_tokens, int) or max_tokens < 1 or max_tokens > max_tokens_limit:
+    # ``is None``, not ``or``: an explicit 0 is an error, never a silent default
+    max_tokens = body.get("max_completion_tokens")
+    max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
+    max_tokens = default_max_tokens if max_tokens is None else max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= max_tokens_limit:
         return f"max_tokens must be an integer in 1..{max_tokens_limit}"
     temperature = body.get("temperature")
     temperature = 1.0 if temperature is None else temperature
     top_p = body.get("top_p")
     top_p = 1.0 if top_p is None else top_p
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         return "temperature must be a number in [0, 2]"
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         return "top_p must be a number in (0, 1]"
     stop = body.get("stop")
     if isinstance(stop, str):
@@ -124,7 +130,7 @@ def _parse_params(body: dict, default_max_tokens: int, max_tokens_limit: int) ->
                              or len(stop) > 4):
         return "stop must be a string or a list of at most 4 strings"
     seed = body.get("seed")
-    if seed is not None and not isinstance(seed, int):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         return "seed must be an integer"
     return (max_tokens, float(temperature), float(top_p), tuple(stop) if stop else None, seed)
 
@@ -139,10 +145,12 @@ def _apply_stop(text: str, stop: tuple | None) -> tuple[str, bool]:
 
 def build_serve_app(backend: Any, *, model_name: str, api_key: str | None = None, max_batch: int = 8,
                     count_tokens: TokenCounter | None = None, count_prompt_tokens: PromptCounter | None = None,
-                    default_max_tokens: int = 256, max_tokens_limit: int = 4096):
+                    default_max_tokens: int = 256, max_tokens_limit: int = 4096,
+                    max_body_bytes: int = MAX_BODY_BYTES):
     """Create the FastAPI app serving ``backend`` under the model id ``model_name``.
 
-    ``api_key``: when set, every ``/v1`` route requires ``Authorization: Bearer <api_key>``.
+    ``api_key``: when set, every ``/v1`` route and ``/openapi.json`` require
+    ``Authorization: Bearer <api_key>``. Bodies over ``max_body_bytes`` get 413.
     ``count_tokens``/``count_prompt_tokens`` give exact usage (see :func:`counters_from_tokenizer`);
     without them usage is estimated by :func:`approx_tokens`.
     """
@@ -162,7 +170,8 @@ def build_serve_app(backend: Any, *, model_name: str, api_key: str | None = None
         yield
         batcher.task.cancel()
 
-    app = FastAPI(title="mixtune serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="mixtune serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    protect_openapi(app, api_key)
 
     @app.get("/health")
     async def health():
@@ -179,12 +188,12 @@ def build_serve_app(backend: Any, *, model_name: str, api_key: str | None = None
     async def chat(request: Request):
         if not bearer_ok(request.headers.get("authorization"), api_key):
             return unauthorized()
-        body, bad = await json_body(request)
+        body, bad = await json_body(request, max_body_bytes)
         if bad is not None:
             return bad
         problem = validate_chat_body(body)
         if problem:
-            return error_response(400, problem, param="messages")
+            return error_response(400, problem, param=chat_problem_param(problem))
         if body.get("model") not in (None, model_name):
             return error_response(404, f"The model '{body.get('model')}' does not exist; this server "
                                   f"serves '{model_name}'", param="model", code="model_not_found")
