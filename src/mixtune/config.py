@@ -161,7 +161,7 @@ class StageConfig(Strict):
 
 
 class MixingConfig(Strict):
-    method: Literal["heat", "uniform", "static", "dbl", "exp3"] = "heat"
+    method: Literal["heat", "uniform", "static", "dbl", "exp3", "natural", "temperature"] = "heat"
     eta: float = Field(2.0, ge=0)
     uniform_mix: float = Field(0.1, ge=0, le=1)
     floor: float = Field(0.03, ge=0, lt=1)
