@@ -80,6 +80,12 @@ class Plan:
     shape: tuple
     workers: int
     n_boot: int = 2000
+    # Stage-1 models and run caches are shared by plans with the same sizes (full and tuning).
+    cache_tag: str = ""
+
+    @property
+    def tag(self) -> str:
+        return self.cache_tag or self.tier
 
 
 _SMALL = tuple(sorted(ablations.ABLATION_SHAPE.items()))
@@ -88,6 +94,10 @@ PLANS = {
                  tuple(m for m in METHODS if m != "heat_gap_only"),
                  n_train=96, n_val=24, n_test=40, s1_steps=200, s2_steps=400, eval_every=20, batch=8,
                  shape=_SMALL, workers=2),
+    "tuning": Plan("tuning", ("S1", "S2", "S3"), (0, 1, 2, 3, 4), (), (),
+                   tuple(m for m in METHODS if m != "heat_gap_only"),
+                   n_train=96, n_val=24, n_test=40, s1_steps=200, s2_steps=400, eval_every=20, batch=8,
+                   shape=_SMALL, workers=2, cache_tag="full"),
     "pilot": Plan("pilot", ("S1", "S2"), (0, 1), (), (),
                   ("natural", "temperature", "uniform", "static", DEFAULT, "mixtune_no_modulation"),
                   n_train=96, n_val=24, n_test=40, s1_steps=200, s2_steps=400, eval_every=20, batch=8,
@@ -158,7 +168,7 @@ def _stage1_job(job: dict) -> str:
     samples, _ = _load_scenario(Path(job["s1_data"]))
     parents = scenarios_mod.ScenarioData("S1", samples)
     train = scenarios_mod.stage1_samples(parents, job["seed"], cfg.data.perturb_fraction)
-    return ablations.stage1_model(Path(job["work"]), cfg, train, job["base_model"], f"mixstudy_{plan.tier}")
+    return ablations.stage1_model(Path(job["work"]), cfg, train, job["base_model"], f"mixstudy_{plan.tag}")
 
 
 def _stage2_job(job: dict) -> dict:
@@ -173,7 +183,7 @@ def _stage2_job(job: dict) -> dict:
     from mixtune.train.stage2 import train_stage2
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plan, name, seed, method = Plan(**job["plan"]), job["scenario"], job["seed"], job["method"]
     samples, meta = _load_scenario(Path(job["data"]))
     cfg = study_config(plan, seed)
@@ -210,7 +220,9 @@ def _stage2_job(job: dict) -> dict:
            "mean_weights": {t: statistics.fmean(w[t] for w in weights) for t in weights[0]} if weights else None,
            "weights_by_cycle": [[r["step"], r["weights"]] for r in log],
            "heat_inputs_logged": sorted(log[-1]["heat"][next(iter(log[-1]["heat"]))]) if log else [],
-           "train_s": round(t_train, 1), "wall_s": round(time.perf_counter() - t0, 1)}
+           "train_s": round(t_train, 1), "wall_s": round(time.perf_counter() - t0, 1),
+           # CPU seconds of this single-threaded run: ≈ its wall time on an otherwise idle core
+           "cpu_s": round(time.process_time() - c0, 1)}
     shutil.rmtree(out, ignore_errors=True)  # models are not kept: 460 of them would fill the disk
     return rec
 
@@ -236,12 +248,17 @@ def _indexed(arg):
     return i, _call(job)
 
 
-def run_plan(ctx: Context, plan: Plan) -> dict:
-    """Run (or resume) every job of ``plan`` and return the suite result."""
+def run_plan(ctx: Context, plan: Plan, *, cached_only: bool = False) -> dict:
+    """Run (or resume) every job of ``plan`` and return the suite result.
+
+    ``cached_only``: train nothing; report the cached runs, keeping a (scenario, seed) only when
+    every method of it finished (so all methods are compared on the same seeds); the dropped ones
+    are listed under ``missing_runs``.
+    """
     root = ctx.work / "mixing_study"
     halves = {"tuning": (plan.tuning_scenarios, plan.tuning_seeds),
               "confirmation": (plan.confirm_scenarios, plan.confirm_seeds)}
-    seeds = sorted({s for sc, ss in halves.values() if sc for s in ss})
+    seeds = halves_seeds(halves)
     pd = asdict(plan)
     t0 = time.perf_counter()
     stage1, s1_jobs = {}, []
@@ -271,6 +288,10 @@ def run_plan(ctx: Context, plan: Plan) -> dict:
                                  "data": str(data), "stage1": stage1[seed], "cache": str(cache),
                                  "out": str(root / "tmp" / cache.stem)})
     jobs = list({j["cache"]: j for j in jobs}.values())
+    missing = sorted({f"{j['scenario']} seed {j['seed']}" for j in jobs}) if cached_only else []
+    if cached_only:
+        records = {k: r for k, r in records.items() if f"{k[0]} seed {k[1]}" not in missing}
+        jobs = []
     ctx.log(f"  mixing study ({plan.tier}): {len(records)} cached runs, {len(jobs)} to run, {plan.workers} workers")
     t1 = time.perf_counter()
     for k, (job, rec) in enumerate(_map(plan, jobs), 1):
@@ -280,7 +301,9 @@ def run_plan(ctx: Context, plan: Plan) -> dict:
         eta = (time.perf_counter() - t1) / k * (len(jobs) - k)
         ctx.log(f"  [{k}/{len(jobs)}] {job['scenario']} seed {job['seed']} {job['method']}: "
                 f"{rec['wall_s']} s; eta {eta / 60:.1f} min")
-    return assemble(ctx, plan, halves, records, t_s1, time.perf_counter() - t0)
+    result = assemble(ctx, plan, halves, records, t_s1, time.perf_counter() - t0)
+    result["missing_runs"] = missing
+    return result
 
 
 def assemble(ctx: Context, plan: Plan, halves: dict, records: dict, stage1_s: float, wall_s: float) -> dict:
@@ -293,22 +316,32 @@ def assemble(ctx: Context, plan: Plan, halves: dict, records: dict, stage1_s: fl
         part = {"seeds": list(hseeds), "scenarios": {}}
         for name in scenarios:
             runs = [records[(name, s, m)] for s in hseeds for m in methods_for(plan, name) if (name, s, m) in records]
+            if not runs:
+                continue
             res = study.scenario_result(runs, methods_for(plan, name), BASELINES, DEFAULT, plan.s2_steps, plan.n_boot)
             part["scenarios"][name] = res
             png = ctx.plots / f"mixing_{half}_{name}.png"
             plots.append(study.plot_scenario(f"{name} ({half}, seeds {list(hseeds)})", runs, res, png,
                                           scenarios_mod.DESCRIPTIONS[name]))
             table += _rows(half, name, res)
-        result[half] = part if scenarios else None
+        result[half] = part if part["scenarios"] else None
     headline = result["confirmation"] or result["tuning"]
+    if headline is None:
+        raise RuntimeError("no finished runs to report")
     result["scenarios"] = headline["scenarios"]
     result["headline_half"] = "confirmation" if result["confirmation"] else "tuning"
     n_runs = len(records)
     run_s = [r["wall_s"] for r in records.values()]
+    cpu_s = [r["cpu_s"] for r in records.values() if r.get("cpu_s")]
     result.update({
         "table": table, "plots": plots, "repetitions": len(headline["seeds"]),
-        "runs": n_runs, "mean_run_s": statistics.fmean(run_s) if run_s else None, "stage1_s": round(stage1_s, 1),
+        "runs": n_runs, "mean_run_s": statistics.fmean(run_s) if run_s else None,
+        "mean_run_cpu_s": statistics.fmean(cpu_s) if cpu_s else None, "stage1_s": round(stage1_s, 1),
         "study_wall_s": round(wall_s, 1), "budget_s": 90 * 60, "workers": plan.workers,
+        # Full-tier wall time on 2 idle cores, extrapolated from this run's per-run CPU seconds.
+        "full_tier_estimate_s": round(estimate_s(PLANS["full"], statistics.fmean(cpu_s or run_s),
+                                                 stage1_s * plan.workers / max(1, len(halves_seeds(halves)))))
+        if run_s else None,
         "plan": {k: v for k, v in asdict(plan).items() if k != "shape"},
         "setup": f"tiny Llama {dict(plan.shape)}; per seed one stage-1 model ({plan.s1_steps} steps on S1's "
                  f"stage-1 data); stage 2 {plan.s2_steps} steps, batch {plan.batch}, eval every {plan.eval_every} "
@@ -338,6 +371,11 @@ def _rows(half: str, name: str, res: dict) -> list[dict]:
     return rows
 
 
+def halves_seeds(halves: dict) -> list[int]:
+    """Seeds that run in at least one half."""
+    return sorted({s for sc, ss in halves.values() if sc for s in ss})
+
+
 def estimate_s(plan: Plan, run_s: float, stage1_s: float) -> float:
     """Wall-time estimate of ``plan`` from a measured stage-2 run and stage-1 model cost (seconds)."""
     n = sum(len(seeds) * sum(len(methods_for(plan, s)) for s in sc)
@@ -352,8 +390,14 @@ def run(ctx: Context) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mixtune.bench.mixing {pilot|quick|full} [OUT_DIR]``: run one plan through the harness."""
+    """``python -m mixtune.bench.mixing {pilot|tuning|quick|full} [OUT_DIR] [--cached-only]``.
+
+    Runs one plan through the harness (JSON + BENCHMARKS.md); ``tuning`` is the full study's tuning
+    half alone (it may run outside ``make bench``; the full tier then reuses its cached runs).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    cached_only = "--cached-only" in args
+    args = [a for a in args if a != "--cached-only"]
     tier = args[0] if args else "pilot"
     if tier not in PLANS:
         print(f"unknown plan {tier!r}; plans: {', '.join(PLANS)}", file=sys.stderr)
@@ -363,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = PLANS[tier]
     ctx = Context(tier=tier, seeds=sorted(set(plan.tuning_seeds) | set(plan.confirm_seeds)), out=out,
                   plots=out.parent, work=out.parent / "work", md_path=md, repetitions=1)
-    res = run_suite("mixing", lambda c: run_plan(c, plan), ctx, "python -m mixtune.bench.mixing " + " ".join(args))
+    command = "python -m mixtune.bench.mixing " + " ".join(args + (["--cached-only"] if cached_only else []))
+    res = run_suite("mixing", lambda c: run_plan(c, plan, cached_only=cached_only), ctx, command)
     render_markdown(out, md, list(SUITES))
     return 0 if res.get("status") == "ok" else 1
 
