@@ -107,7 +107,8 @@ def test_methods_per_scenario_follow_the_issue():
     assert len(full.tuning_seeds) >= 5 and len(full.confirm_seeds) >= 5
     assert not set(full.tuning_seeds) & set(full.confirm_seeds)  # never tune on confirmation seeds
     assert set(full.tuning_scenarios) == {"S1", "S2", "S3"} and set(full.confirm_scenarios) == set(scen.SCENARIOS)
-    n_runs = 5 * 3 * 12 + 5 * (3 * 12 + 2 * 7)
+    # natural/temperature train only where sizes differ (S2, S5); elsewhere they reuse uniform's run
+    n_runs = 5 * (12 + 10 + 10) + 5 * (12 + 10 + 10 + 5 + 7)
     assert study_suite.estimate_s(full, 20.0, 0.0) == pytest.approx(n_runs * 20.0 / 2)
 
 
@@ -128,6 +129,16 @@ def _build(name, onto):
 
 def _held(data):
     return {s.id for s in data.samples if s.split != "train"}
+
+
+def test_size_based_methods_reuse_uniform_only_when_sizes_are_equal(tmp_path):
+    plan = study_suite.PLANS["quick"]
+    s1 = study_suite.prepare_scenario(tmp_path, plan, 0, "S1")
+    s2 = study_suite.prepare_scenario(tmp_path, plan, 0, "S2")
+    assert study_suite.same_as_uniform("natural", s1, plan, 0)
+    assert study_suite.same_as_uniform("temperature", s1, plan, 0)
+    assert not study_suite.same_as_uniform("natural", s2, plan, 0)
+    assert not study_suite.same_as_uniform("temperature", s2, plan, 0)
 
 
 def test_scenarios_share_held_out_data_and_differ_in_training_data(onto):

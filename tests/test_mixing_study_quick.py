@@ -16,19 +16,23 @@ def test_quick_tier_writes_the_study_keys(tmp_path):
     assert data["default_method"] == "mixtune" and data["headline_half"] == "confirmation"
     assert set(data["scenarios"]) == {"S1", "S2"}
     for name, sc in data["scenarios"].items():
-        assert set(sc["methods"]) == {"uniform", "mixtune"}
+        assert set(sc["methods"]) == {"natural", "uniform", "mixtune"}
         for m in sc["methods"].values():
             assert {"mean_score", "worst_task_score", "steps_to_target_ratio", "per_seed"} <= set(m)
             seed0 = m["per_seed"][0]
             assert seed0["seed"] == 0 and len(seed0["per_task"]) == 16
             assert 0.0 <= m["worst_task_score"] <= m["mean_score"] <= 1.0
-        assert sc["strongest_baseline"] == "uniform"  # the only baseline of the quick tier
+        best = max(("natural", "uniform"), key=lambda b: sc["methods"][b]["worst_task_score"])
+        assert sc["strongest_baseline"] == best
         cmp = sc["default_vs_strongest"]
         assert cmp["ci_low"] <= cmp["delta"] <= cmp["ci_high"] and cmp["n_seeds"] == 1
         assert (out.parent / f"mixing_confirmation_{name}.png").stat().st_size > 1000
+    # equal sizes in S1: natural IS uniform, so it reuses uniform's run instead of training
+    assert data["scenarios"]["S1"]["methods"]["natural"]["per_seed"][0]["per_task"] == \
+        data["scenarios"]["S1"]["methods"]["uniform"]["per_seed"][0]["per_task"]
     # every run's mixing log kept the controller's inputs visible
     runs = list((tmp_path / "work" / "mixing_study" / "runs").glob("*.json"))
-    assert len(runs) == 4
+    assert len(runs) == 5  # S1: uniform, mixtune; S2: natural, uniform, mixtune
     rec = json.loads(runs[0].read_text())
     assert {"decay", "cv", "rejection", "gap", "heat"} <= set(rec["heat_inputs_logged"])
     assert rec["curve"] and abs(sum(rec["final_weights"].values()) - 1) < 1e-9

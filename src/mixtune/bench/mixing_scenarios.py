@@ -45,6 +45,7 @@ DESCRIPTIONS = {
 }
 SMALL_TASKS = ("calc_car", "attribution_spread", "history_default", "grade_capital", "opinion_reply",
                "chain_car_adequacy")
+UNEQUAL_SIZES = ("S2", "S5")  # the recipes that give tasks different training-set sizes
 HARD_TASKS = ("calc_lcr", "calc_car", "calc_spread", "chain_lcr_solvency", "chain_car_adequacy")
 HARD_VALUE_POOL = 48
 NOISY_TASK = "grade_solvency"
