@@ -189,7 +189,9 @@ def assemble(ctx: Context, plan: Plan, halves: dict, records: dict, stage1_s: fl
                                                  stage1_s * plan.workers / max(1, len(halves_seeds(halves)))))
         if run_s else None,
         "plan": {k: v for k, v in asdict(plan).items() if k != "shape"},
-        "setup": f"tiny Llama {dict(plan.shape)}; per seed one stage-1 model ({plan.s1_steps} steps on S1's "
+        "setup": f"tuning seeds {list(plan.tuning_seeds)} on {list(plan.tuning_scenarios)}, confirmation seeds "
+                 f"{list(plan.confirm_seeds)} on {list(plan.confirm_scenarios)} (the seeds line above is the "
+                 f"CLI's, unused here); tiny Llama {dict(plan.shape)}; per seed one stage-1 model ({plan.s1_steps} steps on S1's "
                  f"stage-1 data); stage 2 {plan.s2_steps} steps, batch {plan.batch}, eval every {plan.eval_every} "
                  f"steps on {plan.n_val} val samples/task (teacher-forced); test {plan.n_test} samples/task; "
                  f"n_train {plan.n_train}/task before the scenario's recipe; {plan.workers} single-threaded "
