@@ -29,8 +29,9 @@ run (hidden-64 model, 400 steps of batch 8, 20 cycles on 16 tasks × 24 val samp
 samples): the quiet-machine mixing bench of 2026-11-25 ran this model and batch at ≤ 0.045 s per
 step all included (21 runs × 60 steps in 56.4 s), so ≈ 400 × 0.045 + ≈ 6 s (cycles, load, save,
 test) ≈ 24 s; (380 × 24 s + 10 × ≈ 10 s) / 2 workers ≈ 77 min. On the shared VM of this session
-(load 8–15) the same run measured 42–55 CPU-s and 140–400 s wall, i.e. the study needs a quiet
-machine. Every run records its CPU seconds and the result ``full_tier_estimate_s`` extrapolates the
+(load 8–15) the same run measured 33–55 CPU-s (pilot mean 38.6) and 140–400 s wall: contention
+inflates CPU-seconds too, and at 38.6 s the full tier would take ≈ 123 min, so it needs a quiet
+machine and may still overrun. Every run records its CPU seconds and the result ``full_tier_estimate_s`` extrapolates the
 full tier from them (``estimate_s``); the tuning half can run separately (``... mixing tuning``).
 """
 

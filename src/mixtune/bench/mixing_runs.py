@@ -20,7 +20,8 @@ from pathlib import Path
 from mixtune.bench import ablations, fixtures
 from mixtune.bench import mixing_scenarios as scenarios_mod
 
-BASELINES = ("natural", "temperature", "uniform", "static", "dbl", "exp3")
+# Order matters only for ties of the strongest baseline: uniform (stratified, the Aioli reference) first.
+BASELINES = ("uniform", "natural", "temperature", "static", "dbl", "exp3")
 DEFAULT = "mixtune"
 _OFF = {"stage2.curriculum.enabled": False, "stage2.modulation.enabled": False}
 _ON = {"stage2.mixing.method": "heat", "stage2.curriculum.enabled": True, "stage2.modulation.enabled": True}
