@@ -184,7 +184,7 @@ class Stage1Config(BaseStageConfig):
 
 
 class MixingConfig(Strict):
-    method: Literal["heat", "uniform", "static", "dbl", "exp3"] = "heat"
+    method: Literal["heat", "uniform", "static", "dbl", "exp3", "natural", "temperature"] = "heat"
     eta: float = Field(heat.DEFAULT_ETA, ge=0)
     uniform_mix: float = Field(heat.DEFAULT_UNIFORM_MIX, ge=0, le=1)
     floor: float = Field(heat.DEFAULT_FLOOR, ge=0, lt=1)
