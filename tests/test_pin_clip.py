@@ -111,9 +111,10 @@ def test_decay_interior_points(schedule, step, expect):
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "exponential"])
 def test_decay_endpoints_are_exact(schedule):
-    c = ClipSchedule("decay", schedule, start=0.3, end=0.1, total_steps=7)
-    assert c.threshold(0) == 0.3 and c.threshold(-5) == 0.3
-    assert c.threshold(7) == 0.1 and c.threshold(70) == 0.1
+    # 0.9 -> 0.2: values where the closed forms are off by one ulp at p = 0 (cosine) and p = 1 (linear)
+    c = ClipSchedule("decay", schedule, start=0.9, end=0.2, total_steps=7)
+    assert c.threshold(0) == 0.9 and c.threshold(-5) == 0.9
+    assert c.threshold(7) == 0.2 and c.threshold(70) == 0.2
 
 
 def test_constant_and_none_and_exact_threshold_is_not_clipped():
@@ -123,6 +124,7 @@ def test_constant_and_none_and_exact_threshold_is_not_clipped():
     assert c.clip_fraction == 0.5
     n = ClipSchedule("none", start=0.0, end=0.0, total_steps=5)
     assert n.threshold(0) is None and n.record(1e9, 0)["clipped"] is False
+    assert ClipSchedule("none", warmup=0).threshold(0) is None  # not a ZClip without warm-up
     assert ClipSchedule("none").clip_fraction == 0.0
 
 

@@ -135,6 +135,8 @@ def test_no_champion_is_inconclusive_unless_first_release():
         assert (c.kind, c.threshold, c.status, c.value, c.n) == ("delta", 0.0, status, None, 0)
         assert (c.metric, c.scope, c.reason) == ("primary", "overall", "no champion to compare against")
         assert d.status == status and d.meta["has_champion"] is False
+    plain = evaluate_gate("validate", spec, [rec("s1", 1.0)])  # production default bootstrap settings
+    assert (plain.meta["n_boot"], plain.meta["confidence"], plain.meta["seed"]) == (1000, 0.95, 0)
 
 
 def test_fail_beats_inconclusive_beats_pass():
@@ -153,6 +155,9 @@ def test_candidate_records_are_validated():
     e = _raises(DataError, None, "duplicate record for sample 's1' layer 'business' in candidate records",
                 _gate, spec, [rec("s1", 0.0), rec("s1", 1.0)])
     assert str(e) == e.message
+    no_layer = {"sample_id": "s1", "primary": 0.5}
+    _raises(DataError, None, "duplicate record for sample 's1' layer '' in candidate records",
+            _gate, spec, [no_layer, dict(no_layer)])
     _raises(DataError, "champion sample s1", "metric 'primary' is not a finite number",
             _gate, [{"metric": "primary", "min_delta_vs_champion": 0.0}], [rec("s1", 0.0)],
             [rec("s1", "x")])

@@ -42,6 +42,7 @@ def test_cv_near_zero_mean_is_one_when_scores_vary_else_zero():
     # Just above the near-zero threshold the ratio is used as is.
     assert coefficient_of_variation([0.0, 4e-9]) == pytest.approx(1.0)
     assert coefficient_of_variation([-2e-9, 6e-9]) == pytest.approx(2.0)
+    assert coefficient_of_variation([-2e-9, 4e-9]) == pytest.approx(3.0)  # mean exactly 1e-9
 
 
 # ------------------------------------------------------------------ tracker components
@@ -165,6 +166,10 @@ def test_controller_uniform_mix_and_ema_are_applied():
 
 def test_update_rejects_unknown_and_non_finite_metrics():
     p = HeatController(["a", "b"], None, **KW)
+    _raises(DataError, "mixing.update", "scores names unknown tasks ['z']", p.update, 0, 0,
+            {"z": 1.0}, {}, {}, {})
+    _raises(DataError, "mixing.update", "losses names unknown tasks ['z']", p.update, 0, 0,
+            {}, {}, {"z": 1.0}, {})
     _raises(DataError, "mixing.update", "per_sample names unknown tasks ['z']", p.update, 0, 0,
             {}, {"z": [1.0]}, {}, {})
     _raises(DataError, "mixing.update", "rejection names unknown tasks ['z']", p.update, 0, 0,

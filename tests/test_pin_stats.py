@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -70,7 +71,11 @@ def test_bootstrap_chunking_path_matches_the_one_shot_result(monkeypatch):
 def test_bootstrap_defaults_and_validation():
     a, b = [0.1, 0.5, 0.9, 0.3], [0.2, 0.2, 0.6, 0.1]
     assert paired_bootstrap(a, b) == paired_bootstrap(a, b, n_boot=1000, confidence=0.95, seed=0)
-    assert paired_bootstrap(a, b, n_boot=1).n_boot == 1
+    one = paired_bootstrap([0.25] * 3, [0.0] * 3, n_boot=1)
+    assert (one.lo, one.hi, one.n_boot) == (0.25, 0.25, 1)  # the single replicate is really computed
+    assert one.to_dict() == {"delta": 0.25, "lo": 0.25, "hi": 0.25, "n": 3, "confidence": 0.95, "n_boot": 1}
+    # pass/fail scores may arrive as booleans: they are read as 1/0
+    assert paired_bootstrap([True, True, False], [False, True, False], n_boot=10).delta == pytest.approx(1 / 3)
     _raises("n_boot must be >= 1 (got 0)", paired_bootstrap, a, b, n_boot=0)
     for conf in (0.0, 1.0, 1.5, -0.1):
         _raises(f"confidence must be in (0, 1) (got {conf})", paired_bootstrap, a, b, confidence=conf)
@@ -122,10 +127,10 @@ def _reference(xs, alpha, grid, max_bet):
         total += x
         sq += (x - mu) ** 2
         if kp[zero] >= thr:
-            return i, "candidate_better", alive, total / i
+            return i, "candidate_better", alive, total / i, kp, km
         if km[zero] >= thr:
-            return i, "champion_better", alive, total / i
-    return len(xs), "continue", alive, total / max(len(xs), 1)
+            return i, "champion_better", alive, total / i, kp, km
+    return len(xs), "continue", alive, total / max(len(xs), 1), kp, km
 
 
 def _ref_interval(alive, grid):
@@ -142,7 +147,7 @@ def _ref_interval(alive, grid):
 ])
 def test_sequential_matches_the_reference_betting_rule(p, seed, alpha, grid, max_bet):
     xs = _stream(seed, p, 250) * 0.9  # values off the grid points exercise the truncation
-    n, decision, alive, mean = _reference(xs, alpha, grid, max_bet)
+    n, decision, alive, mean, kp, km = _reference(xs, alpha, grid, max_bet)
     t = SequentialTest(alpha, grid=grid, max_bet=max_bet)
     for start in range(0, len(xs), 7):  # peeking in small batches must not change anything
         t.update(xs[start:start + 7])
@@ -150,6 +155,9 @@ def test_sequential_matches_the_reference_betting_rule(p, seed, alpha, grid, max
     assert t.stopped_at == (n if decision != "continue" else None)
     assert t.summary()["mean"] == pytest.approx(mean, abs=1e-12)
     assert t.interval() == pytest.approx(_ref_interval(alive, grid), abs=1e-12)
+    state = t.state_dict()  # the capital processes themselves, not just the decisions read off them
+    assert state["log_kp"] == pytest.approx(kp, rel=1e-9, abs=1e-12)
+    assert state["log_km"] == pytest.approx(km, rel=1e-9, abs=1e-12)
     one_go = SequentialTest(alpha, grid=grid, max_bet=max_bet)
     one_go.update(xs)
     assert one_go.summary() == pytest.approx(t.summary())
@@ -161,6 +169,7 @@ def test_sequential_running_mean_keeps_its_sign():
     s = t.summary()
     assert s["mean"] == pytest.approx(0.65 / 3) and s["n"] == 3 and s["decision"] == "continue"
     assert s["alpha"] == 0.05 and s["stopped_at"] is None
+    assert (s["cs_lo"], s["cs_hi"]) == t.interval()
     neg = SequentialTest(0.05, grid=21)
     neg.update([-0.5, -0.25])
     assert neg.summary()["mean"] == pytest.approx(-0.375)
@@ -211,6 +220,11 @@ def test_sequential_consumes_more_than_one_chunk():
     d = _stream(3, [0.3, 0.4, 0.3], 5000)
     t = SequentialTest(0.05, grid=21)
     assert t.update(d) == "continue" and t.n == 5000
+    short = SequentialTest(0.05, grid=21)
+    short.update(np.ones(100))
+    t = SequentialTest(0.05, grid=21)  # stops inside the first chunk: later chunks are not touched
+    assert t.update(np.ones(5000)) == "candidate_better"
+    assert t.n == t.stopped_at == short.stopped_at < 100
     big = np.concatenate([np.zeros(4200), np.ones(800)])  # decisive evidence only in the 2nd chunk
     t = SequentialTest(0.05, grid=21)
     assert t.update(big) == "candidate_better" and 4200 < t.n == t.stopped_at < 5000
@@ -228,6 +242,9 @@ def test_sequential_defaults_and_validation():
     _raises("paired differences must lie in [-1, 1]", SequentialTest().update, [-1.5])
     _raises("paired differences has a non-finite value at position 0", SequentialTest().update, [np.nan])
     assert SequentialTest().update([]) == "continue"
+    with warnings.catch_warnings():  # the ±1 grid ends divide by zero on purpose, silently
+        warnings.simplefilter("error")
+        SequentialTest(0.05, grid=5).update([0.5, -0.5])
 
 
 def test_sequential_reset_and_state_round_trip():

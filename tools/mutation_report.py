@@ -4,7 +4,9 @@ mutmut 3 leaves one ``mutants/<path>.meta`` per mutated file with an exit code p
 (1 or 3: killed, 0: survived, 33/5: no test ran it). Survivors listed in
 ``tools/mutation_equivalent.json`` are equivalent mutants: they cannot change behaviour (or only
 change behaviour outside the module's contract), each with its reason. The score counts only the
-non-equivalent mutants: ``killed / (tried - equivalent)``.
+non-equivalent mutants: ``killed / (tried - equivalent)``; ``score_all`` is ``killed / tried``.
+Entries of kind ``unreachable-default`` are keyword defaults no production call site uses (the
+caller always passes the value from the config); they are listed apart from true equivalents.
 
 Run from the repository root after ``mutmut run``; prints a Markdown table for BENCHMARKS.md.
 """
@@ -39,10 +41,10 @@ def _changed_lines(name: str, src: str) -> tuple[str, str]:
     return function, " || ".join(lines)
 
 
-def _is_equivalent(entries: list[dict], module: str, function: str, change: str) -> str | None:
+def _is_equivalent(entries: list[dict], module: str, function: str, change: str) -> dict | None:
     for e in entries:
         if e["module"] == module and e["function"] == function and e["change"] == change:
-            return e["reason"]
+            return e
     return None
 
 
@@ -61,10 +63,10 @@ def main() -> int:
             if code in KILLED:
                 continue
             function, change = _changed_lines(name, src)
-            reason = _is_equivalent(entries, module, function, change) if code in SURVIVED else None
+            known = _is_equivalent(entries, module, function, change) if code in SURVIVED else None
             row = {"mutant": name.split(".")[-1], "function": function, "change": change}
-            if reason:
-                equivalent.append({**row, "reason": reason})
+            if known:
+                equivalent.append({**row, "kind": known["kind"], "reason": known["reason"]})
             elif code in SURVIVED:
                 survived.append(row)
             else:
