@@ -72,6 +72,10 @@ def test_task_frequency_follows_weights_and_clamps_negatives():
     assert all(abs(counts[t] / 1500 - 1 / 3) < 0.04 for t in "abc")
     last = MixtureSampler(meta, FixedPolicy({"a": 0.0, "b": 0.0, "c": 1.0}), None, batch_size=1, seed=1)
     assert {last.next_batch(0.0)[0] for _ in range(100)} == {"c"}
+    partial = FixedPolicy({"a": 1.0, "b": 1.0})
+    partial.tasks = ["a", "b", "c"]  # a policy that reports no weight for c: c is never drawn
+    s = MixtureSampler(meta, partial, None, batch_size=1, seed=1)
+    assert {s.next_batch(0.0)[0] for _ in range(200)} == {"a", "b"}
 
 
 def test_level_uniform_without_curriculum_and_nearest_harder_fallback():
@@ -93,11 +97,26 @@ def test_level_uniform_without_curriculum_and_nearest_harder_fallback():
                               Curriculum(["a"], top, top, top, pacing="thirds", c0=0.1), batch_size=1, seed=2)
     only_low.next_batch(0.5)
     assert only_low.last["level"] == 2
+    high = MixtureSampler(_meta({"a": {4: 5, 5: 5}}), FixedPolicy({"a": 1.0}),
+                          Curriculum(["a"], top, top, top, pacing="thirds", c0=0.1), batch_size=1, seed=2)
+    for _ in range(10):
+        high.next_batch(0.5)
+        assert high.last["level"] == 5  # the top level itself is drawable, not only reached by fallback
     exact = MixtureSampler(_meta({"a": {1: 5, 5: 5}}), FixedPolicy({"a": 1.0}),
                            Curriculum(["a"], top, top, top, pacing="thirds", c0=0.1), batch_size=1, seed=2)
     for _ in range(10):
         exact.next_batch(0.5)
         assert exact.last["level"] == 5
+
+
+def test_disabled_curriculum_is_uniform_over_the_task_s_present_levels():
+    off = Curriculum(["a"], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0], enabled=False, pacing="thirds", c0=0.1)
+    s = MixtureSampler(_meta({"a": {1: 50, 5: 50}}), FixedPolicy({"a": 1.0}), off, batch_size=1, seed=8)
+    levels = Counter()
+    for _ in range(2000):
+        s.next_batch(0.3)
+        levels[s.last["level"]] += 1
+    assert abs(levels[1] / 2000 - 0.5) < 0.03  # not 2/5 (uniform over all five, then nearest-harder)
 
 
 def test_epochs_without_replacement_and_dropped_remainder():
@@ -118,6 +137,8 @@ def test_small_pool_wraps_through_epochs():
     task, idx = s.next_batch(0.0)
     assert task == "a" and len(idx) == 4 and sorted(set(idx)) == [0, 1, 2]
     assert s.pos["a"][1] == [1, 1]
+    more = [s.next_batch(0.0)[1] for _ in range(2)]  # continues mid-epoch across the wrap
+    assert all(len(x) == 4 and set(x) <= {0, 1, 2} for x in more) and s.pos["a"][1] == [3, 3]
 
 
 def test_ranks_share_task_and_level_and_get_disjoint_slices():
@@ -146,8 +167,13 @@ def test_state_round_trip_and_refusals():
     r.load_state_dict(state)
     assert r.batches == 5 and r.pos == s.pos
     assert [r.next_batch(0.0) for _ in range(12)] == [s.next_batch(0.0) for _ in range(12)]
-    _raises(CheckpointError, "sampler.state", "sampler state has (seed, batch_size, world_size)=(4, 2, 1), "
-            "this run (5, 2, 1)", MixtureSampler(meta, pol, None, batch_size=2, seed=5).load_state_dict, state)
+    with pytest.raises(CheckpointError) as info:
+        MixtureSampler(meta, pol, None, batch_size=2, seed=5).load_state_dict(state)
+    assert info.value.message == ("sampler state has (seed, batch_size, world_size)=(4, 2, 1), this run "
+                                  "(5, 2, 1); exact resume needs the same values")
     other = MixtureSampler(_meta({"a": {1: 7, 2: 6}, "b": {4: 9}}), pol, None, batch_size=2, seed=4)
-    _raises(CheckpointError, "sampler.state", "sampler state was saved for a different dataset",
-            other.load_state_dict, state)
+    with pytest.raises(CheckpointError) as info:
+        other.load_state_dict(state)
+    assert info.value.where == "sampler.state" and info.value.message == (
+        "sampler state was saved for a different dataset (task/level pool sizes differ); rebuild the data "
+        "version the run used")

@@ -1,7 +1,7 @@
 """Turn a finished ``mutmut run`` into benchmarks/results/mutation.json (``make mutation``, issue 17).
 
 mutmut 3 leaves one ``mutants/<path>.meta`` per mutated file with an exit code per mutant
-(1 or 3: killed, 0: survived, 33/5: no test ran it). Survivors listed in
+(1 or 3: killed, 36: timed out, 0: survived, 33/5: no test ran it). Survivors listed in
 ``tools/mutation_equivalent.json`` are equivalent mutants: they cannot change behaviour (or only
 change behaviour outside the module's contract), each with its reason. The score counts only the
 non-equivalent mutants: ``killed / (tried - equivalent)``; ``score_all`` is ``killed / tried``.
@@ -23,8 +23,12 @@ MODULES = {
     "release/gates.py": "src/mixtune/release/gates.py",
     "release/stats.py": "src/mixtune/release/stats.py",
     "train/clip.py": "src/mixtune/train/clip.py",
+    # extended scope
+    "mixing/sampler.py": "src/mixtune/mixing/sampler.py",
 }
-KILLED, SURVIVED = {1, 3}, {0}
+# Killed: a test failed (1), pytest errored (3), or the mutant hung past mutmut's timeout
+# (36, and the SIGXCPU codes): a hang is a detected change, as in mutmut's own summary.
+KILLED, SURVIVED = {1, 3, 36, 24, -24, 152, 255}, {0}
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT = ROOT / "tools" / "mutation_equivalent.json"
 OUT = ROOT / "benchmarks" / "results" / "mutation.json"
@@ -76,6 +80,7 @@ def main() -> int:
         result[module] = {
             "tried": tried,
             "killed": killed,
+            "of_which_timeouts": sum(1 for c in codes.values() if c in KILLED - {1, 3}),
             "equivalent_count": len(equivalent),
             "score": round(killed / counted, 4) if counted else 1.0,
             "score_all": round(killed / tried, 4) if tried else 1.0,
