@@ -169,6 +169,7 @@ def test_state_round_trip_and_refusals():
     assert [r.next_batch(0.0) for _ in range(12)] == [s.next_batch(0.0) for _ in range(12)]
     with pytest.raises(CheckpointError) as info:
         MixtureSampler(meta, pol, None, batch_size=2, seed=5).load_state_dict(state)
+    assert info.value.where == "sampler.state"
     assert info.value.message == ("sampler state has (seed, batch_size, world_size)=(4, 2, 1), this run "
                                   "(5, 2, 1); exact resume needs the same values")
     other = MixtureSampler(_meta({"a": {1: 7, 2: 6}, "b": {4: 9}}), pol, None, batch_size=2, seed=4)

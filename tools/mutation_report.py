@@ -88,18 +88,22 @@ def main() -> int:
             "not_run": other,
             "equivalent": equivalent,
         }
-    tot_tried = sum(r["tried"] for r in result.values())
-    tot_killed = sum(r["killed"] for r in result.values())
-    tot_eq = sum(r["equivalent_count"] for r in result.values())
-    summary = {"tool": "mutmut 3 (all mutmut operators)", "tried": tot_tried, "killed": tot_killed,
-               "equivalent": tot_eq, "score": round(tot_killed / (tot_tried - tot_eq), 4)}
-    OUT.write_text(json.dumps({"summary": summary, "modules": result}, indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
+    # Shape asked by issue 17: {module: {tried, killed, score, equivalent: [...]}} (plus detail keys).
+    OUT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print("| module | tried | killed | equivalent | survived | score (non-equivalent) | score (all) |")
     print("|---|---|---|---|---|---|---|")
     for module, r in result.items():
         print(f"| `{module}` | {r['tried']} | {r['killed']} | {r['equivalent_count']} | {len(r['survived'])} "
               f"| {r['score']:.1%} | {r['score_all']:.1%} |")
+    print("\nEquivalent mutants, grouped by reason (`change` is mutmut's diff, old || new):\n")
+    for module, r in result.items():
+        groups: dict[str, list[str]] = {}
+        for e in r["equivalent"]:
+            groups.setdefault(f"[{e['kind']}] {e['reason']}", []).append(e["change"])
+        for reason, changes in groups.items():
+            print(f"- `{module}` ({len(changes)}): {reason}")
+            for c in sorted(set(changes)):
+                print(f"  - `{c}`")
     print(f"\nwrote {OUT.relative_to(ROOT)}")
     return 0 if all(r["score"] >= 0.9 for r in result.values()) else 1
 
