@@ -205,7 +205,21 @@ def test_sequential_coarse_grid_widens_by_one_step():
     assert intervals.count((0.0, 1.0)) >= 25
 
 
-def test_sequential_all_points_rejected_reports_the_mean():
+def test_sequential_interval_holds_a_true_mean_between_grid_points():
+    # Grid -1, -0.5, 0, 0.5, 1 and true mean 0.25 (off the grid): long streams reject every grid
+    # point; the reported interval must still contain the true mean.
+    hits = 0
+    for s in range(30):
+        t = SequentialTest(0.05, grid=5)
+        t._threshold = 1e9  # consume the whole stream, then read the interval at the real level
+        t.update(_stream(1300 + s, [0.25, 0.25, 0.5], 4000))
+        t._threshold = math.log(2 / 0.05)
+        lo, hi = t.interval()
+        hits += lo <= 0.25 <= hi
+    assert hits >= 27
+
+
+def test_sequential_all_points_rejected_reports_the_grid_cell_around_the_mean():
     t = SequentialTest(0.05, grid=3)  # grid -1, 0, 1; a constant 0.5 rejects all three
     t.update([0.5] * 40)
     assert t.decision == "candidate_better"
@@ -213,7 +227,8 @@ def test_sequential_all_points_rejected_reports_the_mean():
     t2._threshold = 1e9  # never stop, so the whole stream is consumed (mean 0.5 exactly)
     t2.update([0.5] * 40)
     t2._threshold = math.log(2 / 0.05)
-    assert t2.interval() == (0.5, 0.5)
+    # Not the point (0.5, 0.5): a true mean between grid points must stay inside the interval.
+    assert t2.interval() == (0.0, 1.0)
 
 
 def test_sequential_consumes_more_than_one_chunk():
