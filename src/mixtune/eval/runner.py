@@ -60,7 +60,12 @@ def score_predictions(samples: list[Sample], predictions: list[str], ontology: A
             base["terminology_accuracy"] = float(engine.compliance(pred, rule_ids=glossary, input_text=text))
         if base:
             primary = base.get("format_compliance", base.get("terminology_accuracy", 0.0))
-            records.append({**head, "layer": "base", "metrics": base, "primary": _unit(primary)})
+            rec = {**head, "layer": "base", "metrics": base, "primary": _unit(primary)}
+            if task.rule_ids and hasattr(engine, "check"):  # the report highlights these spans
+                rec["findings"] = [{"rule_id": f.rule_id, "severity": f.severity, "reason": f.reason,
+                                    "span": list(f.span) if f.span else None}
+                                   for f in engine.check(pred, rule_ids=task.rule_ids, input_text=text)]
+            records.append(rec)
         business = {m: float(kpi(m, pred, s, engine)) for m in task.kpis}
         records.append({**head, "layer": "business", "metrics": business,
                         "primary": _unit(business[task.primary_metric])})
@@ -148,7 +153,9 @@ def run_sessions(backend: Backend, samples: list[Sample], ontology: Any, engine:
     ``first_answers`` (sample id → the model's answer to the sample's question, already generated
     by the business layer) saves the first generation pass.
     """
-    user = SimulatedUser(ontology, engine, kpi_fn=kpi_fn, max_turns=max_turns, seed=seed, voice=voice)
+    # No abandonment here: the matrix wants every turn's score, so degradation over turns shows.
+    user = SimulatedUser(ontology, engine, kpi_fn=kpi_fn, max_turns=max_turns, seed=seed, voice=voice,
+                         abandon_after=0)
     first = dict(first_answers or {})
     rounds = [0]
 

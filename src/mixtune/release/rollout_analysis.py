@@ -156,7 +156,7 @@ class RolloutAnalyzer:
         return {"status": "fail" if bad else "pass", "reviewer": "simulated (rule-based), not a person",
                 "verdicts": verdicts, "wins": wins,
                 "reason": f"expert sample: champion preferred on all {len(verdicts)} pairs" if bad
-                else f"expert sample: {wins}"}
+                else "expert sample: " + ", ".join(f"{k} {v}" for k, v in wins.items())}
 
 
 def _ok(r: dict, side: str) -> bool:
