@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     assign_splits(samples, 0.1, 0.2, seed=0, traffic_fraction=0.3)
     traffic = [s for s in samples if s.split == "traffic" and not s.chain_steps]
     # one tiny model for both arms: the rollout machinery, not model quality, is under test here
-    model = make_test_model(d / "tiny", texts=[m.content for s in samples for m in s.messages])
+    model = make_test_model(d / "tiny")
     return d, samples, traffic, str(model)
 
 
@@ -94,3 +94,48 @@ def test_killing_the_candidate_mid_rollout_fails_rolls_back_and_loses_no_record(
     assert all(rows[i]["answered_by"] == "champion" or rows[i]["candidate_answer"] for i in res.answered_ids)
     after = [r for r in rows.values() if r.get("candidate_error")]
     assert after  # requests after the kill were answered by the champion, the candidate's failure recorded
+
+
+@pytest.mark.slow  # the gate step end to end (a champion server starts): ~15 s idle, more on a loaded box
+def test_pipeline_canary_rolls_back_a_candidate_that_cannot_serve_and_keeps_the_champion(setup, tmp_path):
+    """Through `mixtune run`'s gate step: the rollout's fail rejects the model, the alias stays."""
+    import json as _json
+
+    from mixtune.config import load_config
+    from mixtune.data.io import write_samples
+    from mixtune.release.pipeline_steps import step_gates_and_registry
+    from mixtune.release.registry import Registry
+    from mixtune.rundir import RunDir
+
+    _, samples, _, model = setup
+    cfg = load_config(EX / "pipeline.yaml", [
+        f"output_dir={tmp_path}", "name=t", f"registry.url=sqlite:///{tmp_path / 'reg.db'}",
+        "gates.validate=[{metric: primary, min: 0.0}]", "gates.canary=[]", "gates.rollout.steps=[50]",
+        "gates.rollout.requests_per_step=2", "gates.rollout.sessions_per_step=0", "gates.rollout.startup_timeout=120",
+        "gates.bootstrap_samples=200"])
+    rd = RunDir(cfg)
+    write_samples(samples, rd.sub("data") / "samples.parquet")
+    recs = [{"model": "m", "sample_id": f"s{i}", "task_id": "calc_lcr", "family": "calculation", "group": "logic",
+             "layer": "business", "metrics": {"numeric_accuracy": 1.0}, "primary": 1.0} for i in range(5)]
+    for name in ("base", "stage2"):
+        (rd.sub("eval") / f"{name}.jsonl").write_text("\n".join(_json.dumps(r) for r in recs))
+    (rd.path / "eval" / "summary.json").write_text(_json.dumps({"stage2": {"calculation": 1.0}}))
+    broken = rd.path / "stage2" / "model"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json")  # the candidate server cannot load it
+    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    champ = reg.register("finance-risk", model, metrics={"eval_records": str(rd.path / "eval" / "base.jsonl")})
+    for state, gate in (("validated", "validate"), ("canary", None), ("released", "canary")):
+        ev = {"gate": gate, "status": "pass", "meta": {"model_id": champ.id}} if gate else None
+        reg.transition(champ.id, state, who="test", why="the serving champion", evidence=ev)
+    reg.close()
+
+    out = step_gates_and_registry(cfg, rd)
+    assert out["gates"]["canary"] == "fail" and out["state"] == "rejected"
+    reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    assert reg.get_alias("finance-risk", "champion").id == champ.id  # rolled back: the champion stays
+    reg.close()
+    final = [_json.loads(x) for x in (rd.path / "gates.jsonl").read_text().splitlines()][-1]
+    assert final["gate"] == "canary" and final["meta"]["rollback"] is True
+    assert "candidate server failed to start" in final["meta"]["reason"]
+    assert final["meta"]["processes"]["champion"]["code"] is not None  # every process was stopped

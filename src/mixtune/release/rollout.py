@@ -188,8 +188,13 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
         for name, path in (("champion", champion_path), ("candidate", candidate_path)):
             procs[name] = ManagedProcess(name, ["serve", str(path), "--model-name", name, "--dtype", dtype],
                                          out_dir / f"{name}.log", {"MIXTUNE_API_KEY": up_key})
-        for p in procs.values():
-            p.wait_ready(startup_timeout)
+        procs["champion"].wait_ready(startup_timeout)  # no champion: an infrastructure error, not a verdict
+        try:
+            procs["candidate"].wait_ready(startup_timeout)
+        except MixtuneError as e:
+            result.status, result.rollback = "fail", True
+            result.reason = "candidate server failed to start: " + str(e).splitlines()[0]
+            return result
         on_progress(f"rollout: champion on {procs['champion'].url}, candidate on {procs['candidate'].url}")
         cursor = 0
         for k, share in enumerate(steps, 1):
