@@ -139,3 +139,34 @@ def test_pipeline_canary_rolls_back_a_candidate_that_cannot_serve_and_keeps_the_
     assert final["gate"] == "canary" and final["meta"]["rollback"] is True
     assert "candidate server failed to start" in final["meta"]["reason"]
     assert final["meta"]["processes"]["champion"]["code"] is not None  # every process was stopped
+
+
+@pytest.mark.parametrize("override,expected", [("gates.rollout.steps=[50, 5]", "steps must be increasing"),
+                                                ("gates.rollout.analysis.bogus=1", "gates.rollout.analysis.bogus")])
+def test_rollout_config_errors_name_the_key(override, expected):
+    from mixtune.config import load_config
+    from mixtune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(EX / "pipeline.yaml", [override])
+    assert expected in str(e.value) and "gates.rollout" in str(e.value)
+
+
+def test_step_analysis_fails_on_a_worse_candidate_and_waits_with_too_few_pairs():
+    from mixtune.release.rollout_analysis import RolloutAnalyzer
+
+    def rec(i, cand, champ, c_err=None):
+        return {"request_id": f"r{i}", "answered_by": "champion", "routed_to": "champion", "champion_answer": champ,
+                "candidate_answer": None if c_err else cand, "candidate_error": c_err, "champion_error": None,
+                "champion_latency_ms": 10.0, "candidate_latency_ms": 12.0}
+
+    quality = lambda r, side: 1.0 if r[f"{side}_answer"] == "good" else 0.0  # noqa: E731
+    few = RolloutAnalyzer(quality, StepThresholds(min_pairs=6, n_boot=200)).analyse(1, 5, [rec(0, "good", "good")], [])
+    assert few["status"] == "inconclusive" and "only 1 scored pairs" in few["reason"]
+    worse = RolloutAnalyzer(quality, StepThresholds(min_pairs=6, n_boot=200))
+    step = worse.analyse(1, 25, [rec(i, "bad", "good") for i in range(40)], [])
+    assert step["status"] == "fail" and step["checks"]["quality"]["status"] == "fail"
+    down = RolloutAnalyzer(quality, StepThresholds(min_pairs=2, n_boot=200))
+    step = down.analyse(1, 5, [rec(i, "good", "good", c_err="connection refused" if i % 2 else None)
+                               for i in range(10)], [])
+    assert step["checks"]["availability"]["status"] == "fail" and "error rate 50%" in step["reason"]
