@@ -122,3 +122,32 @@ def test_a_voice_model_phrases_the_turns_and_an_empty_phrasing_keeps_the_script(
     assert ("具体数值" in sess.turns[1].message and "你没有给出" in sess.turns[1].message) == expected_scripted
     if not expected_scripted:
         assert sess.turns[1].message == said
+
+
+def test_an_openai_compatible_endpoint_can_voice_the_user(tmp_path):
+    """The user's turns phrased by a tiny model behind `mixtune serve`'s app, through OpenAIBackend."""
+    from mixtune.eval.backends import HFBackend, OpenAIBackend
+    from mixtune.model.tiny import make_test_model
+    from mixtune.release.serve import build_serve_app
+    from mixtune.release.server import ServerThread
+
+    class Spy:  # records what the served model was asked and said
+        def __init__(self, inner):
+            self.inner, self.seen = inner, []
+
+        def generate(self, convs, **kw):
+            out = self.inner.generate(convs, **kw)
+            self.seen += [(c[-1]["content"], o) for c, o in zip(convs, out)]
+            return out
+
+    served = Spy(HFBackend(str(make_test_model(tmp_path / "m"))))
+    with ServerThread(build_serve_app(served, model_name="voice", api_key="k")) as srv:
+        voice = OpenAIBackend(srv.url, api_key="k", model="voice")
+        u = user(max_turns=2, voice=voice, voice_tokens=6)
+        (sess,) = u.run([LCR], lambda c, s: ["流动性覆盖率达到监管要求。"] * len(c))
+        voice.close()
+    assert [t.action for t in sess.turns] == ["first", "ask_missing"]
+    asked, said = served.seen[0]
+    assert "意图" in asked and "你没有给出" in asked  # the endpoint was given the scripted intent
+    # its words become the user's turn; an untrained tiny model says only whitespace, so the script stays
+    assert sess.turns[1].message == (said.strip() or asked.split("意图：", 1)[1])
