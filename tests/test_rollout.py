@@ -170,3 +170,15 @@ def test_step_analysis_fails_on_a_worse_candidate_and_waits_with_too_few_pairs()
     step = down.analyse(1, 5, [rec(i, "good", "good", c_err="connection refused" if i % 2 else None)
                                for i in range(10)], [])
     assert step["checks"]["availability"]["status"] == "fail" and "error rate 50%" in step["reason"]
+
+
+def test_gates_yaml_expresses_the_rollout_steps_and_analyses(tmp_path):
+    from mixtune.errors import ConfigError
+    from mixtune.release.gates import load_gate_file
+
+    gf = load_gate_file(EX / "gates.yaml")
+    assert gf.rollout.steps == [5.0, 25.0, 50.0] and gf.rollout.analysis.max_error_rate == 0.05
+    bad = tmp_path / "gates.yaml"
+    bad.write_text("rollout:\n  analysis: {max_eror_rate: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"gates.yaml:rollout.analysis.max_eror_rate"):
+        load_gate_file(bad)
