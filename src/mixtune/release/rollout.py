@@ -226,7 +226,8 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
                 _run_sessions(user, client, session_samples, k, sessions_per_step)
             finally:
                 client.close()
-                gw_exit = gw.stop(shutdown_timeout)
+                # the gateway bounds its own drain (mirrors, then the log flush): give it that long
+                gw_exit = gw.stop(shutdown_timeout + canary_timeout + 15)
             store = ShadowStore(db_url)
             try:
                 step_ids = set(client.sent)
