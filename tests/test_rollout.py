@@ -12,7 +12,7 @@ from mixtune.data.generate import generate_samples
 from mixtune.data.kpis import score as score_kpi
 from mixtune.data.ontology import load_ontology
 from mixtune.model.tiny import make_test_model
-from mixtune.release.rollout import run_rollout
+from mixtune.release.rollout import gate_decisions, run_rollout
 from mixtune.release.rollout_analysis import StepThresholds
 from mixtune.release.store import ShadowStore
 from mixtune.rules import RuleEngine, RuleSet
@@ -87,6 +87,11 @@ def test_killing_the_candidate_mid_rollout_fails_rolls_back_and_loses_no_record(
     assert res.steps[0]["status"] != "fail" and res.steps[0]["records_missing"] == 0
     assert res.status == "fail" and res.rollback
     assert "candidate server exited" in res.reason and "step 2" in res.reason
+    assert res.steps[1]["checks"]["processes"]["status"] == "fail"
+    steps, final = gate_decisions(res, {"model_id": 7})
+    assert [d.gate for d in steps] == ["rollout_step", "rollout_step"] and final.gate == "canary"
+    assert final.status == "fail" and final.meta["rollback"] and final.meta["model_id"] == 7
+    assert any(c.metric == "processes" and c.status == "fail" for c in final.checks)
     store = ShadowStore(f"sqlite:///{d / 'kill.db'}")
     rows = {r["request_id"]: r for r in store.load_records()}
     store.close()

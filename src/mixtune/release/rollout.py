@@ -36,6 +36,7 @@ import httpx
 from mixtune.data.schema import Sample
 from mixtune.errors import MixtuneError
 from mixtune.eval.simulated_user import SimulatedUser
+from mixtune.release.gates import CheckResult, GateDecision
 from mixtune.release.rollout_analysis import RolloutAnalyzer, StepThresholds
 from mixtune.release.store import ShadowStore
 
@@ -242,10 +243,12 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
             step["records_missing"] = len(missing)
             result.answered_ids += client.answered
             down = _candidate_down(procs["candidate"])
-            if down:
-                step.update(status="fail", reason=f"{down} during step {k}")
-            elif missing:
-                step.update(status="fail", reason=f"{len(missing)} answered requests missing from the shadow store")
+            problem = (f"{down} during step {k}" if down else
+                       f"{len(missing)} answered requests missing from the shadow store" if missing else None)
+            step["checks"]["processes"] = {"status": "fail" if problem else "pass",
+                                           "reason": problem or "candidate up, every answered request recorded"}
+            if problem:
+                step.update(status="fail", reason=problem)
             result.steps.append(step)
             on_progress(f"rollout step {k} ({share:g}%): {step['status']} — {step['reason']}")
             if step["status"] == "fail":
@@ -264,31 +267,26 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
 
 def gate_decisions(result: RolloutResult, meta: dict) -> tuple[list[Any], Any]:
     """``gates.jsonl`` entries: one ``rollout_step`` decision per step, then the final ``canary`` one."""
-    from mixtune.release.gates import CheckResult, GateDecision
-
     steps = []
     for st in result.steps:
         checks = []
         for name, c in st["checks"].items():
             q = name == "quality"
             checks.append(CheckResult(name, f"step {st['step']} ({st['share_pct']:g}%)", "delta" if q else "max",
-                                      float(c.get("limit", 0.0) or 0.0) if not q else float(result_min_delta(c)),
+                                      float(c.get("min_delta" if q else "limit", 0.0) or 0.0),
                                       c["status"], value=c.get("delta") if q else _value(name, c),
                                       lo=c.get("lo") if q else None, hi=c.get("hi") if q else None,
                                       n=int(c.get("pairs_total", 0)) if q else 0, reason=c["reason"]))
         evidence = {k: v for k, v in st.items() if k != "checks"} | {"analysis": st["checks"]}
         steps.append(GateDecision("rollout_step", st["status"], checks, meta={**meta, **evidence}))
     final_checks = [c for d in steps[-1:] for c in d.checks]
+    if not steps:  # the candidate never came up
+        final_checks = [CheckResult("processes", "rollout", "max", 0.0, result.status, reason=result.reason)]
     final = GateDecision("canary", result.status, final_checks, meta={
         **meta, "source": "staged rollout", "reason": result.reason, "rollback": result.rollback,
         "steps": [{"step": s["step"], "share_pct": s["share_pct"], "status": s["status"], "reason": s["reason"]}
                   for s in result.steps], **result.evidence})
     return steps, final
-
-
-def result_min_delta(check: dict) -> float:
-    """The quality threshold a step was held to (stored with its check)."""
-    return float(check.get("min_delta", 0.0))
 
 
 def _value(name: str, c: dict) -> float | None:
