@@ -52,8 +52,11 @@ def _interval(d, lo, hi) -> str:
 def decision(gates: list[dict], registry: dict | None) -> tuple[str, str]:
     """``(headline, why)``: released / rolled back / rejected / inconclusive, and the reason."""
     state = ((registry or {}).get("model") or {}).get("state")
-    by_gate = {g.get("gate"): g for g in gates}
-    canary, validate = by_gate.get("canary"), by_gate.get("validate")
+    rank = {"pass": 0, "inconclusive": 1, "fail": 2}
+    # the pipeline releases only when every canary check passed: the least favourable one decides
+    canaries = [g for g in gates if g.get("gate") == "canary"]
+    canary = max(canaries, key=lambda g: rank.get(g.get("status"), 1), default=None)
+    validate = next((g for g in gates if g.get("gate") == "validate"), None)
     if state == "released":
         return "released", (canary or {}).get("meta", {}).get("reason") or "every gate passed"
     if canary and canary.get("status") == "fail":
