@@ -187,3 +187,18 @@ def test_gates_yaml_expresses_the_rollout_steps_and_analyses(tmp_path):
     bad.write_text("rollout:\n  analysis: {max_eror_rate: 0.1}\n")
     with pytest.raises(ConfigError, match=r"gates.yaml:rollout.analysis.max_eror_rate"):
         load_gate_file(bad)
+
+
+@pytest.mark.slow  # waits out canary timeouts and a SIGKILL: ~40 s idle
+def test_a_hung_candidate_fails_the_step_and_is_killed_after_sigterm(setup):
+    d, _, traffic, model = setup
+
+    def fault(step, procs):
+        if step == 1:
+            procs["candidate"].proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
+
+    res = rollout(d, traffic, model, "hang", fault=fault, steps=[25.0], requests_per_step=6, sessions_per_step=0,
+                  canary_timeout=3, shutdown_timeout=3)
+    assert res.status == "fail" and res.rollback and "hung" in res.reason
+    assert res.evidence["processes"]["candidate"]["sigkill"] is True  # SIGTERM ignored while stopped
+    assert res.steps[0]["records_missing"] == 0 and res.steps[0]["client"]["failed"] == 0  # champion answered
