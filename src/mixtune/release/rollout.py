@@ -210,32 +210,15 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
             client = _Client(gw.url, gw_key, max_new_tokens, concurrency)
             try:
                 gw.wait_ready(startup_timeout)
-                items = []
-                for i in range(requests_per_step):
-                    s = traffic[(cursor + i) % len(traffic)]
-                    rid_user = f"user-{(cursor + i) * 7919 % USERS:03d}"
-                    items.append((s, ([{"role": "user", "content": _first_user(s)}], rid_user, s.task_id)))
+                batch = [traffic[(cursor + i) % len(traffic)] for i in range(requests_per_step)]
+                _send_traffic(client, batch, cursor, by_id, halfway=lambda k=k: fault and fault(k, procs))
                 cursor += requests_per_step
-                half = len(items) // 2
-                replies = client.many([it for _, it in items[:half]])
-                if fault is not None:
-                    fault(k, procs)
-                replies += client.many([it for _, it in items[half:]])
-                for (s, _), rep in zip(items, replies, strict=True):
-                    if rep.get("request_id"):
-                        by_id[rep["request_id"]] = s
                 _run_sessions(user, client, session_samples, k, sessions_per_step)
             finally:
                 client.close()
                 # the gateway bounds its own drain (mirrors, then the log flush): give it that long
                 gw_exit = gw.stop(shutdown_timeout + canary_timeout + 15)
-            store = ShadowStore(db_url)
-            try:
-                step_ids = set(client.sent)
-                records = [r for r in store.load_records() if r["request_id"] in step_ids]
-                feedback = store.load_feedback()
-            finally:
-                store.close()
+            records, feedback = _recorded(db_url, set(client.sent))
             missing = sorted(set(client.answered) - {r["request_id"] for r in records})
             step = analyzer.analyse(k, share, records, feedback)
             step["gateway_exit"] = gw_exit
@@ -297,6 +280,28 @@ def _value(name: str, c: dict) -> float | None:
     if name == "feedback":
         return c.get("increase")
     return None
+
+
+def _send_traffic(client: _Client, batch: list[Sample], cursor: int, by_id: dict, halfway: Callable) -> None:
+    """Send held-out prompts, each from a stable pseudo-random user; ``halfway`` runs mid-batch."""
+    items = [([{"role": "user", "content": _first_user(s)}], f"user-{(cursor + i) * 7919 % USERS:03d}", s.task_id)
+             for i, s in enumerate(batch)]
+    half = len(items) // 2
+    replies = client.many(items[:half])
+    halfway()
+    replies += client.many(items[half:])
+    for s, rep in zip(batch, replies, strict=True):
+        if rep.get("request_id"):
+            by_id[rep["request_id"]] = s  # the quality score reads its gold answer
+
+
+def _recorded(db_url: str, ids: set[str]) -> tuple[list[dict], list[dict]]:
+    """This step's records (after the gateway flushed them) and all feedback."""
+    store = ShadowStore(db_url)
+    try:
+        return [r for r in store.load_records() if r["request_id"] in ids], store.load_feedback()
+    finally:
+        store.close()
 
 
 def _first_user(s: Sample) -> str:
