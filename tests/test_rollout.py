@@ -202,3 +202,25 @@ def test_a_hung_candidate_fails_the_step_and_is_killed_after_sigterm(setup):
     assert res.status == "fail" and res.rollback and "hung" in res.reason
     assert res.evidence["processes"]["candidate"]["sigkill"] is True  # SIGTERM ignored while stopped
     assert res.steps[0]["records_missing"] == 0 and res.steps[0]["client"]["failed"] == 0  # champion answered
+
+
+def test_latency_check_compares_what_each_arm_answered_not_its_mirrors():
+    from mixtune.release.rollout_analysis import RolloutAnalyzer
+
+    def rec(i, arm, c_ms, h_ms):
+        return {"request_id": f"r{i}", "answered_by": arm, "routed_to": arm, "champion_answer": "a",
+                "candidate_answer": "a", "candidate_error": None, "champion_error": None,
+                "champion_latency_ms": h_ms, "candidate_latency_ms": c_ms}
+
+    th = StepThresholds(min_pairs=2, n_boot=200, max_latency_p95_ratio=2.0, latency_slack_ms=0)
+    # slow mirrored candidate calls (queued behind the mirror workers) do not count against it
+    mirrored = [rec(i, "champion", 900.0, 100.0) for i in range(10)] + [rec(10 + i, "candidate", 150.0, 900.0)
+                                                                        for i in range(5)]
+    step = RolloutAnalyzer(lambda r, s: 1.0, th).analyse(1, 25, mirrored, [])
+    assert step["checks"]["latency_p95"]["status"] == "pass"
+    slow = [rec(i, "champion", 900.0, 100.0) for i in range(10)] + [rec(10 + i, "candidate", 900.0, 100.0)
+                                                                    for i in range(5)]
+    step = RolloutAnalyzer(lambda r, s: 1.0, th).analyse(1, 25, slow, [])
+    assert step["status"] == "fail" and "latency_p95" in step["reason"]
+    few = RolloutAnalyzer(lambda r, s: 1.0, th).analyse(1, 5, slow[:12], [])
+    assert few["checks"]["latency_p95"]["status"] == "pass" and "too few" in few["checks"]["latency_p95"]["reason"]

@@ -11,7 +11,10 @@ errors, which model answered) plus the simulated users' feedback. Checks, each w
   sequential test finds the champion better or the whole interval lies below ``min_delta``; pass
   when the mean reaches ``min_delta``; inconclusive otherwise or with fewer than ``min_pairs``.
 - ``availability`` — failed candidate calls (its own answers and mirrors) in this step.
-- ``latency_p95``  — candidate p95 against ``ratio`` × champion p95 + ``slack_ms``.
+- ``latency_p95``  — user-facing latency: p95 of the requests each arm *answered* (mirrored calls
+  queue behind the gateway's mirror workers, so they would penalise whichever arm is mirrored);
+  candidate p95 against ``ratio`` × champion p95 + ``slack_ms``, judged from ``MIN_LATENCY_N``
+  answers per arm (a 5% step rarely has them: the later steps decide).
 - ``feedback``     — thumbs-down rate per answering arm (needs ``min_feedback`` events per arm).
 - ``expert``       — a *simulated* expert reviewer (rule-based, not a person) gives verdicts on a
   few answer pairs; it fails the step when it prefers the champion on every pair (at least 3).
@@ -28,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from mixtune.release.stats import SequentialTest, paired_bootstrap
+
+MIN_LATENCY_N = 5  # answers per arm before a p95 comparison means anything
 
 
 @dataclass
@@ -99,8 +104,8 @@ class RolloutAnalyzer:
                              "champion_mean": _mean([h for _, h in self.pairs]),
                              "sequential": {k: seq[k] for k in ("decision", "n", "cs_lo", "cs_hi", "stopped_at")}}
         checks["availability"] = self._availability(records)
-        latency = {side: _percentiles([r[f"{side}_latency_ms"] for r in records
-                                       if _ok(r, side) and r.get(f"{side}_latency_ms") is not None])
+        latency = {side: _percentiles([r[f"{side}_latency_ms"] for r in records if r.get("answered_by") == side
+                                       and _ok(r, side) and r.get(f"{side}_latency_ms") is not None])
                    for side in ("champion", "candidate")}
         checks["latency_p95"] = self._latency(latency)
         fb = feedback_rates(records, feedback)
@@ -127,8 +132,9 @@ class RolloutAnalyzer:
 
     def _latency(self, lat: dict) -> dict:
         c, h = lat["candidate"].get("p95"), lat["champion"].get("p95")
-        if c is None or h is None:
-            return {"status": "pass", "reason": "no latency for one arm (availability decides)"}
+        if min(lat["candidate"]["n"], lat["champion"]["n"]) < MIN_LATENCY_N:
+            return {"status": "pass", "reason": f"too few answers to judge ({lat['candidate']['n']} candidate, "
+                                                f"{lat['champion']['n']} champion; need {MIN_LATENCY_N} each)"}
         limit = self.th.max_latency_p95_ratio * h + self.th.latency_slack_ms
         return {"status": "fail" if c > limit else "pass", "candidate_p95": c, "champion_p95": h, "limit": limit,
                 "reason": f"candidate p95 {c:.0f} ms {'>' if c > limit else '<='} limit {limit:.0f} ms"}
