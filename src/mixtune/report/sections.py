@@ -139,7 +139,7 @@ def rollout_section(gates: list[dict]) -> str:
     note = ""
     if final is not None:
         meta = final.get("meta") or {}
-        note = (f"<p>Outcome: {badge(final.get('status', '')).html} {esc(meta.get('reason', ''))}"
+        note = (f"<p>Outcome: {badge(final.get('status', '')).html} {esc(meta.get('reason', ''))}."
                 + (" — <b>rolled back</b>: no traffic goes to the candidate and the registry keeps the champion."
                    if meta.get("rollback") else "") + f" Traffic source: {esc(meta.get('traffic_source', '?'))}.</p>")
     return ("<h2>Staged rollout</h2>" + note + table(header, rows, "wide")
