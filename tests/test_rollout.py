@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def test_rollout_ramps_through_real_processes_and_records_every_answer(setup):
     assert all(p["code"] is not None for p in res.evidence["processes"].values())
 
 
+@pytest.mark.slow  # the pipeline-level kill test below covers this in the default tier
 def test_killing_the_candidate_mid_rollout_fails_rolls_back_and_loses_no_record(setup):
     d, _, traffic, model = setup
     killed = []
@@ -101,49 +103,82 @@ def test_killing_the_candidate_mid_rollout_fails_rolls_back_and_loses_no_record(
     assert after  # requests after the kill were answered by the champion, the candidate's failure recorded
 
 
-@pytest.mark.slow  # the gate step end to end (a champion server starts): ~15 s idle, more on a loaded box
-def test_pipeline_canary_rolls_back_a_candidate_that_cannot_serve_and_keeps_the_champion(setup, tmp_path):
-    """Through `mixtune run`'s gate step: the rollout's fail rejects the model, the alias stays."""
-    import json as _json
+def _pipeline_run(tmp_path, samples, model, candidate_path=None):
+    """A run directory whose eval step is done, a released champion in the registry; returns (cfg, rd, champ id)."""
+    import shutil
 
     from mixtune.config import load_config
     from mixtune.data.io import write_samples
-    from mixtune.release.pipeline_steps import step_gates_and_registry
     from mixtune.release.registry import Registry
     from mixtune.rundir import RunDir
 
-    _, samples, _, model = setup
     cfg = load_config(EX / "pipeline.yaml", [
         f"output_dir={tmp_path}", "name=t", f"registry.url=sqlite:///{tmp_path / 'reg.db'}",
-        "gates.validate=[{metric: primary, min: 0.0}]", "gates.canary=[]", "gates.rollout.steps=[50]",
-        "gates.rollout.requests_per_step=2", "gates.rollout.sessions_per_step=0", "gates.rollout.startup_timeout=120",
-        "gates.bootstrap_samples=200"])
+        "gates.validate=[{metric: primary, min: 0.0}]", "gates.canary=[]", "gates.rollout.steps=[5, 50]",
+        "gates.rollout.requests_per_step=6", "gates.rollout.sessions_per_step=1", "gates.rollout.session_turns=2",
+        "gates.rollout.max_new_tokens=8", "gates.rollout.startup_timeout=120", "gates.rollout.canary_timeout=10",
+        "gates.rollout.shutdown_timeout=10", "gates.bootstrap_samples=200"])
     rd = RunDir(cfg)
     write_samples(samples, rd.sub("data") / "samples.parquet")
     recs = [{"model": "m", "sample_id": f"s{i}", "task_id": "calc_lcr", "family": "calculation", "group": "logic",
              "layer": "business", "metrics": {"numeric_accuracy": 1.0}, "primary": 1.0} for i in range(5)]
     for name in ("base", "stage2"):
-        (rd.sub("eval") / f"{name}.jsonl").write_text("\n".join(_json.dumps(r) for r in recs))
-    (rd.path / "eval" / "summary.json").write_text(_json.dumps({"stage2": {"calculation": 1.0}}))
-    broken = rd.path / "stage2" / "model"
-    broken.mkdir(parents=True)
-    (broken / "config.json").write_text("{not json")  # the candidate server cannot load it
+        (rd.sub("eval") / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    (rd.path / "eval" / "summary.json").write_text(json.dumps({"stage2": {"calculation": 1.0}}))
+    if candidate_path is None:
+        shutil.copytree(model, rd.path / "stage2" / "model")
+    else:
+        (rd.path / "stage2" / "model").mkdir(parents=True)
+        (rd.path / "stage2" / "model" / "config.json").write_text("{not json")  # cannot be served
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
     champ = reg.register("finance-risk", model, metrics={"eval_records": str(rd.path / "eval" / "base.jsonl")})
     for state, gate in (("validated", "validate"), ("canary", None), ("released", "canary")):
         ev = {"gate": gate, "status": "pass", "meta": {"model_id": champ.id}} if gate else None
         reg.transition(champ.id, state, who="test", why="the serving champion", evidence=ev)
     reg.close()
+    return cfg, rd, champ.id
 
+
+@pytest.mark.parametrize("fault", ["kill", pytest.param("broken", marks=pytest.mark.slow)])
+def test_pipeline_canary_rolls_back_a_failing_candidate_and_keeps_the_champion(setup, tmp_path, monkeypatch, fault):
+    """`mixtune run`'s gate step: the candidate server is killed mid-rollout (or cannot start) → `fail`,
+    rollback (model rejected, the champion alias stays), the reason named, no answered request lost."""
+    import functools
+
+    import mixtune.release.rollout as rollout_mod
+    from mixtune.release.pipeline_steps import step_gates_and_registry
+    from mixtune.release.registry import Registry
+
+    _, samples, _, model = setup
+    cfg, rd, champ_id = _pipeline_run(tmp_path, samples, model, candidate_path="broken" if fault == "broken" else None)
+
+    def kill_in_step_2(step, procs):
+        if step == 2:
+            procs["candidate"].proc.send_signal(signal.SIGKILL)
+            procs["candidate"].proc.wait()
+
+    monkeypatch.setattr(rollout_mod, "run_rollout", functools.partial(rollout_mod.run_rollout, fault=kill_in_step_2))
     out = step_gates_and_registry(cfg, rd)
     assert out["gates"]["canary"] == "fail" and out["state"] == "rejected"
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    assert reg.get_alias("finance-risk", "champion").id == champ.id  # rolled back: the champion stays
+    assert reg.get_alias("finance-risk", "champion").id == champ_id  # rolled back: the champion stays
     reg.close()
-    final = [_json.loads(x) for x in (rd.path / "gates.jsonl").read_text().splitlines()][-1]
+    gates = [json.loads(x) for x in (rd.path / "gates.jsonl").read_text().splitlines()]
+    final = gates[-1]
     assert final["gate"] == "canary" and final["meta"]["rollback"] is True
-    assert "candidate server failed to start" in final["meta"]["reason"]
-    assert final["meta"]["processes"]["champion"]["code"] is not None  # every process was stopped
+    assert all(p["code"] is not None for p in final["meta"]["processes"].values())  # every process stopped
+    if fault == "broken":
+        assert "candidate server failed to start" in final["meta"]["reason"]
+        return
+    assert "candidate server exited" in final["meta"]["reason"] and "step 2" in final["meta"]["reason"]
+    steps = [g for g in gates if g["gate"] == "rollout_step"]
+    assert [g["status"] for g in steps][1] == "fail" and all(g["meta"]["records_missing"] == 0 for g in steps)
+    store = ShadowStore(f"sqlite:///{rd.path / 'shadow.db'}")
+    rows = store.load_records()
+    store.close()
+    answered = [r for r in rows if r["answered_by"]]
+    assert len(answered) == final["meta"]["answered"] > 0  # every answered request is in shadow.db, with its arm
+    assert all(r["routed_to"] in ("champion", "candidate") for r in rows)
 
 
 @pytest.mark.parametrize("override,expected", [("gates.rollout.steps=[50, 5]", "steps must be increasing"),
