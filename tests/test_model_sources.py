@@ -167,6 +167,6 @@ def test_cli_run_and_debug_view_with_a_gguf_model(tiny, tmp_path):
     base = Path(state["steps"]["base_model"]["path"])
     assert base.parent == tmp_path / "xdg" / "mixtune" / "models"
     assert (tmp_path / "g" / "stage1" / "model" / "adapter_config.json").is_file()
-    dbg = _cli("train", *args, "--debug", XDG_CACHE_HOME=xdg)
+    dbg = _cli("train", *args, "--debug", "--model", f"gguf:{path}", XDG_CACHE_HOME=xdg)
     assert dbg.returncode == 0, dbg.stderr[-3000:]
     assert "[<|im_end|>]" in dbg.stdout and "·<|im_start|>·" in dbg.stdout
