@@ -139,3 +139,25 @@ def test_debug_view_brackets_exactly_the_assistant_text(gguf_folder, name):
     labelled = "".join(re.findall(r"\[(.*?)\](?=[·<\[]|$)", view))
     assert labelled == "".join(m["content"] + end for m in CHAIN if m["role"] == "assistant").replace("\n", "\\n")
     assert f"[{end}]" in view and "·" in view
+
+
+def test_eval_and_serve_paths_render_with_the_models_own_template(gguf_folder, tmp_path):
+    import shutil
+
+    from mixtune.eval.backends import HFBackend
+    from mixtune.release.serve import counters_from_tokenizer
+
+    folder = tmp_path / "smollm2_style"
+    shutil.copytree(gguf_folder, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = SMOLLM2  # a template unlike the built-in one, saved with the model
+    tok.save_pretrained(folder)
+    backend = HFBackend(folder, batch_size=2)
+    conv = [{"role": "user", "content": "流动性覆盖率是多少？"}]
+    prompt = backend.render(conv)
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert prompt.endswith("<|im_start|>user\n流动性覆盖率是多少？<|im_end|>\n<|im_start|>assistant\n")
+    outs = backend.generate([conv, NO_SYSTEM[:1]], max_new_tokens=3)
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+    _, count_prompt = counters_from_tokenizer(backend.tokenizer)
+    assert count_prompt(conv) == len(backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
