@@ -47,4 +47,5 @@ def test_smollm2_preset_runs_end_to_end(tmp_path):
     assert set(summary) == {"base", "stage1", "stage2"} and summary["stage2"]
     dbg = _cli("train", *args, "--debug")
     assert dbg.returncode == 0, dbg.stderr[-2000:]
-    assert "[<|im_end|>]" in dbg.stdout and "You are a helpful AI assistant named SmolLM" in dbg.stdout
+    # the view is per token: the default system prompt SmolLM2's template injects is there, unlabelled
+    assert "[<|im_end|>]" in dbg.stdout and "·You·· are·· a··" in dbg.stdout
