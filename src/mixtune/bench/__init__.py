@@ -36,6 +36,7 @@ SUITES: dict[str, Callable[[Context], dict]] = {
     "stage1_ablation": _lazy("stage1_ablation"),
     "mixing": _lazy("mixing"),
     "demo": _lazy("demo"),
+    "real_model": _lazy("real_model"),
 }
 
 
