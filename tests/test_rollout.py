@@ -133,7 +133,9 @@ def _pipeline_run(tmp_path, samples, model, candidate_path=None):
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
     champ = reg.register("finance-risk", model, metrics={"eval_records": str(rd.path / "eval" / "base.jsonl")})
     for state, gate in (("validated", "validate"), ("canary", None), ("released", "canary")):
-        ev = {"gate": gate, "status": "pass", "meta": {"model_id": champ.id}} if gate else None
+        # Gate evidence counts only when the registry itself recorded it (bound to the weights).
+        ev = reg.record_gate(champ.id, {"gate": gate, "status": "pass", "meta": {"model_id": champ.id}},
+                             who="test") if gate else None
         reg.transition(champ.id, state, who="test", why="the serving champion", evidence=ev)
     reg.close()
     return cfg, rd, champ.id
