@@ -70,9 +70,10 @@ def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_pat
     if db.exists():
         db.unlink()  # the canary of an earlier attempt compared another candidate
     store = ShadowStore(f"sqlite:///{db}")
-    dtype = cfg.eval.dtype
-    replay_traffic(traffic, HFBackend(champion_path, dtype=dtype, batch_size=cfg.eval.batch_size),
-                   HFBackend(str(rd.path / "stage2" / "model"), dtype=dtype, batch_size=cfg.eval.batch_size),
+    dtype, device = cfg.eval.dtype, cfg.eval.device  # "auto" follows the accelerator, as the eval does
+    replay_traffic(traffic, HFBackend(champion_path, device=device, dtype=dtype, batch_size=cfg.eval.batch_size),
+                   HFBackend(str(rd.path / "stage2" / "model"), device=device, dtype=dtype,
+                             batch_size=cfg.eval.batch_size),
                    store, mask=mask_pii, max_new_tokens=c.max_new_tokens, batch_size=cfg.eval.batch_size)
     engine = RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
     decision = canary_report(store, rule_score=lambda prompt, answer: engine.compliance(answer, input_text=prompt),
