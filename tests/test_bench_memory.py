@@ -35,10 +35,11 @@ def test_quick_tier_writes_peak_mib_per_variant_for_both_sides(tmp_path):
         assert set(sides) == {"mixtune", "trl"}
         for r in sides.values():
             assert isinstance(r["peak_mib"], float) and r["peak_mib"] > 0 and r["peak_mib"] >= r["baseline_mib"]
+            assert [run["peak_mib"] for run in r["runs"]] == [r["peak_mib"]]  # one repetition in the quick tier
     assert {"batch_size", "max_len", "steps", "precision"} <= set(data["settings"])
     assert len(data["table"]) == len(VARIANTS) and all(r["ratio"] > 0 for r in data["table"])
     text = md.read_text()
-    assert "## memory" in text and "TRL SFTTrainer" in text and "peak memory, lora + grad. checkpointing" in text
+    assert "## memory" in text and "TRL SFTTrainer" in text and "peak memory, LoRA + gradient checkpointing" in text
 
 
 def test_conversations_outrun_max_len():

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from mixtune.bench.harness import Context, row
+from mixtune.bench.harness import Context, row, summarize
 from mixtune.errors import MixtuneError
 
 #: variant → (finetune, gradient checkpointing, chunked CE)
@@ -36,6 +37,8 @@ VARIANTS: dict[str, tuple[str, bool, bool]] = {
     "lora_chunked_ce": ("lora", False, True),
     "lora_gc_chunked_ce": ("lora", True, True),
 }
+LABELS = {"full": "full fine-tune", "lora": "LoRA", "lora_gc": "LoRA + gradient checkpointing",
+          "lora_chunked_ce": "LoRA + chunked CE", "lora_gc_chunked_ce": "LoRA + gradient checkpointing + chunked CE"}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FULL = {"model": "smollm2-135m-instruct", "batch_size": 4, "max_len": 256, "steps": 2}
 QUICK = {"batch_size": 2, "max_len": 64, "steps": 1}
@@ -220,27 +223,31 @@ def run(ctx: Context) -> dict:
         model, sizes, label = str(make_test_model(ctx.work / "memory_tiny")), dict(QUICK), "tiny test model"
     cuda = torch.cuda.is_available()
     precision = "bf16" if cuda else "fp32"  # bf16 autocast on CPU is slower and saves nothing here
-    variants: dict[str, dict] = {}
-    for name, (finetune, gc, chunked) in VARIANTS.items():
-        variants[name] = {}
-        for side in ("mixtune", "trl"):
-            spec = {"side": side, "variant": name, "model": model, "finetune": finetune, "gradient_checkpointing": gc,
-                    "chunked_ce": chunked and side == "mixtune", "dtype": "auto", "precision": precision,
-                    "work": str(ctx.work), **sizes}
-            ctx.log(f"memory: {side} {name}")
-            variants[name][side] = _in_child(spec) if ctx.full else measure(spec, ctx.work)
+    runs: dict[str, dict[str, list[dict]]] = {name: {"mixtune": [], "trl": []} for name in VARIANTS}
+    for rep in range(ctx.repetitions):  # repetitions interleaved, so drift on the machine hits every row
+        for name, (finetune, gc, chunked) in VARIANTS.items():
+            for side in ("mixtune", "trl"):
+                spec = {"side": side, "variant": name, "model": model, "finetune": finetune,
+                        "gradient_checkpointing": gc, "chunked_ce": chunked and side == "mixtune", "dtype": "auto",
+                        "precision": precision, "work": str(ctx.work), **sizes}
+                ctx.log(f"memory: {side} {name} (repetition {rep + 1}/{ctx.repetitions})")
+                runs[name][side].append(_in_child(spec) if ctx.full else measure(spec, ctx.work))
+    variants = {name: {side: {"peak_mib": statistics.median(r["peak_mib"] for r in rs),
+                              "baseline_mib": statistics.median(r["baseline_mib"] for r in rs),
+                              "runs": rs} for side, rs in sides.items()} for name, sides in runs.items()}
     table = []
-    for name, r in variants.items():
-        m, t = r["mixtune"]["peak_mib"], r["trl"]["peak_mib"]
-        note = "TRL: plain LoRA (no chunked CE in TRL)" if VARIANTS[name][2] else ""
-        table.append(row(f"peak memory, {name.replace('_', ' + ').replace('gc', 'grad. checkpointing')}", m,
-                         unit="MiB", baseline=t, baseline_name="TRL SFTTrainer", ratio=m / t if t else None,
-                         note=("lower is better" + (f"; {note}" if note else ""))))
+    for name, sides in runs.items():
+        m = summarize([r["peak_mib"] for r in sides["mixtune"]])
+        t = summarize([r["peak_mib"] for r in sides["trl"]])
+        note = "lower is better" + ("; TRL runs without chunked CE (it has none)" if VARIANTS[name][2] else "")
+        table.append(row(f"peak memory, {LABELS[name]}", m, unit="MiB", baseline=t, baseline_name="TRL SFTTrainer",
+                         ratio=m["median"] / t["median"] if t["median"] else None, note=note))
     where = "CUDA max_memory_allocated" if cuda else "process peak RSS (VmHWM), fresh process per run" \
         if ctx.full else "process peak RSS (VmHWM) in one process: smoke check only"
     return {"model": label, "settings": {**sizes, "precision": precision, "lora_r": 16, "lora_alpha": 32,
                                          "targets": TARGETS, "weight_dtype": "auto"},
-            "variants": variants, "metric": where, "repetitions": 1, "table": table,
+            "variants": variants, "metric": where, "repetitions": ctx.repetitions, "table": table,
             "setup": f"{label}; batch {sizes['batch_size']} × max_len {sizes['max_len']} (every row full, no "
-                     f"padding), {sizes['steps']} AdamW steps, {precision} autocast, weights model.dtype auto, "
+                     f"padding), {sizes['steps']} AdamW steps, {'bf16 autocast' if cuda else 'fp32, no autocast'}, "
+                     "weights model.dtype auto, "
                      f"LoRA r16/α32 on q,k,v,o,gate,up,down; measured: {where}"}
