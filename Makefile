@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mixtune-installed
 BENCHSTAMP := $(VENV)/.mixtune-bench-installed
 CONFIG ?= examples/finance_risk/pipeline.yaml
 
-.PHONY: demo test test-all bench bench-quick lint clean
+.PHONY: demo test test-all bench bench-quick mutation lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,14 @@ bench: $(BENCHSTAMP)
 
 bench-quick: $(BENCHSTAMP)
 	$(VENV)/bin/mixtune bench all --tier quick
+
+# Mutation testing of the decision modules (issue 17; config in pyproject [tool.mutmut]). Slow
+# (~15 min on 2 cores), not part of CI; writes benchmarks/results/mutation.json.
+mutation: $(STAMP)
+	$(PIP) install -q -e '.[dev,mutation]'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 1
+	$(PY) tools/mutation_report.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

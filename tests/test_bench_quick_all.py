@@ -14,7 +14,7 @@ import pytest
 
 REQUIRED = {
     "throughput": ("mixtune_tokens_per_s", "trl_tokens_per_s", "ratio"),
-    "mixing": ("methods",),
+    "mixing": ("scenarios", "default_method"),
     "validation": ("samples_per_s", "peak_rss_mib", "n_samples"),
     "trace": ("rows", "latency_s"),
     "gateway": ("p50_overhead_ms_c1", "p50_overhead_ms_c8", "p99_overhead_ms_c8", "lost_records"),
@@ -43,12 +43,10 @@ def test_quick_tier_all_suites(tmp_path):
             assert k in data, (suite, k)
     assert not failed, failed
     assert p.returncode == 0
-    mixing = json.loads((out / "mixing.json").read_text())["methods"]
-    assert set(mixing) == {"uniform", "static", "dbl", "exp3", "mixtune", "mixtune_no_curriculum",
-                           "mixtune_no_modulation"}
-    for m in mixing.values():
-        assert {"mean_score", "worst_task_score", "steps_to_uniform_final_worst"} <= set(m)
-    assert (tmp_path / "benchmarks" / "mixing_ablation.png").stat().st_size > 1000
+    mixing = json.loads((out / "mixing.json").read_text())["scenarios"]  # details: test_mixing_study_quick.py
+    for sc in mixing.values():
+        assert {"methods", "strongest_baseline", "default_vs_strongest"} <= set(sc)
+    assert (tmp_path / "benchmarks" / "mixing_confirmation_S1.png").stat().st_size > 1000
     assert (tmp_path / "benchmarks" / "stage1_ablation.png").stat().st_size > 1000
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "mixing_ablation.png" in md and "## demo" in md
+    assert "mixing_confirmation_S1.png" in md and "## demo" in md

@@ -126,3 +126,30 @@ def test_overlong_prompt_is_left_truncated(backend):
     long_conv = [{"role": "user", "content": "流动性覆盖率" * limit}]
     out = backend.generate([long_conv, CONVS[0]], max_new_tokens=6)
     assert len(out) == 2 and out[1] == backend.generate([CONVS[0]], max_new_tokens=6)[0]
+
+
+def test_hf_backend_encodes_safely_while_another_thread_uses_the_tokenizer(tmp_path):
+    """`mixtune serve` counts usage tokens on its event loop while a batch encodes in a worker thread;
+    the fast tokenizer's shared padding state once made such batches fail ("Unable to create tensor")."""
+    import threading
+
+    from mixtune.eval.backends import HFBackend
+    from mixtune.model.tiny import make_test_model
+
+    backend = HFBackend(str(make_test_model(tmp_path / "m")), batch_size=8)
+    stop = threading.Event()
+
+    def count_tokens():
+        while not stop.is_set():
+            backend.tokenizer("流动性覆盖率=150.00%", add_special_tokens=False)
+
+    t = threading.Thread(target=count_tokens)
+    t.start()
+    try:
+        for _ in range(40):  # prompts of different lengths: padding is needed every time
+            out = backend.generate([[{"role": "user", "content": "你好" * (1 + 3 * j)}] for j in range(6)],
+                                   max_new_tokens=2)
+            assert len(out) == 6
+    finally:
+        stop.set()
+        t.join()

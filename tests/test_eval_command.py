@@ -54,7 +54,7 @@ def run(argv):
 
 def test_eval_command_builds_matrix_across_models(workspace, capsys):
     d = workspace
-    assert run(args(d, "--model-name", "base")) == 0
+    assert run(args(d, "--model-name", "base", "--session-turns", "3")) == 0
     assert run(args(d, "--model-name", "stage1", "--no-experience")) == 0
     recs = [json.loads(line) for line in (d / "out" / "base.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["layer"] for r in recs} == {"base", "business", "experience"}
@@ -67,6 +67,9 @@ def test_eval_command_builds_matrix_across_models(workspace, capsys):
     assert set(summary["base"]) == {"calculation", "concept"}
     matrix = json.loads((d / "out" / "matrix.json").read_text(encoding="utf-8"))
     assert "experience" in matrix["base"]["calc_lcr"] and "experience" not in matrix["stage1"]["calc_lcr"]
+    conv = matrix["base"]["_conversations"]  # simulated-user sessions: score by turn, session success
+    assert conv["sessions"] == 2 and len(conv["score_by_turn"]) == 3 and 0.0 <= conv["success_rate"] <= 1.0
+    assert "_conversations" not in matrix["stage1"]
     assert "│ calculation" in capsys.readouterr().out
 
 
@@ -77,6 +80,8 @@ def test_eval_command_user_errors_are_one_line(workspace, capsys):
     assert run(bad) == 2
     err = capsys.readouterr().err
     assert "model path does not exist" in err and "Traceback" not in err
+    assert run(args(d, "--user-url", "http://127.0.0.1:9")) == 2
+    assert "--user-url needs --user-model" in capsys.readouterr().err
     bad = args(d, "--split", "val")
     assert run(bad) == 2
     assert "no samples in split 'val'" in capsys.readouterr().err

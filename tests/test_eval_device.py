@@ -100,7 +100,7 @@ def test_pipeline_eval_and_shadow_replay_pass_device_and_dtype(monkeypatch, tmp_
         pipeline.eval_backend(cfg, "stage1", "/m/stage1")
     assert Recorder.calls == [{"path": "/m/stage1", "device": "cuda:1", "dtype": "fp16", "batch_size": 3}]
 
-    # the shadow replay of the canary builds its backends from the same settings
+    # the canary's offline replay builds its backends from the same settings
     from helpers.synth import make_samples
 
     from mixtune.data.io import write_samples
@@ -109,11 +109,63 @@ def test_pipeline_eval_and_shadow_replay_pass_device_and_dtype(monkeypatch, tmp_
     (tmp_path / "data").mkdir()
     samples = [s.model_copy(update={"split": "test"}) for s in make_samples(n_per_task=2, twins=False)]
     write_samples(samples, tmp_path / "data" / "samples.parquet")
+    replay_cfg = cfg.model_copy(update={"gates": cfg.gates.model_copy(
+        update={"rollout": cfg.gates.rollout.model_copy(update={"enabled": False})})})
     Recorder.calls = []
     monkeypatch.setattr(backends, "HFBackend", Recorder)
     with pytest.raises(RuntimeError, match="recorded"):
-        pipeline_steps.canary_decision(cfg, rd, 1, "/m/champion")
+        pipeline_steps.canary_decision(replay_cfg, rd, 1, "/m/champion")
     assert Recorder.calls[0] == {"path": "/m/champion", "device": "cuda:1", "dtype": "fp16", "batch_size": 3}
+
+    # ... and the staged rollout starts its `mixtune serve` processes with them
+    from mixtune.release import rollout
+
+    seen = {}
+
+    def fake_rollout(champion, candidate, **kw):
+        seen.update(kw)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(rollout, "run_rollout", fake_rollout)
+    import mixtune.data.ontology as onto_mod
+    import mixtune.rules as rules_mod
+
+    monkeypatch.setattr(onto_mod, "load_ontology", lambda p: None)
+    monkeypatch.setattr(rules_mod.RuleSet, "load", staticmethod(lambda p: None))
+    monkeypatch.setattr(rules_mod, "RuleEngine", lambda rs: None)
+    with pytest.raises(RuntimeError, match="recorded"):
+        pipeline_steps.canary_decision(cfg, rd, 1, "/m/champion")
+    assert (seen["device"], seen["dtype"]) == ("cuda:1", "fp16")
+
+
+def test_rollout_passes_device_and_dtype_to_serve(monkeypatch, tmp_path):
+    from mixtune.release import rollout
+
+    argv = []
+
+    class Proc:
+        def __init__(self, name, args, log, env):
+            argv.append(args)
+
+        def wait_ready(self, timeout):
+            raise MixtuneError("stop here")
+
+        def stop(self, *a, **k):
+            pass
+
+        def __getattr__(self, name):  # any other cleanup call is a no-op
+            return lambda *a, **k: None
+
+    monkeypatch.setattr(rollout, "ManagedProcess", Proc)
+    monkeypatch.setattr(rollout, "RolloutAnalyzer", lambda *a, **k: None)  # not reached: no process starts
+    monkeypatch.setattr(rollout, "SimulatedUser", lambda *a, **k: None)
+    with pytest.raises(MixtuneError):
+        rollout.run_rollout("/m/a", "/m/b", traffic=[object()], session_samples=[], ontology=None, engine=None,
+                            kpi_fn=lambda *a: 0.0, out_dir=tmp_path / "o", db_path=tmp_path / "s.db", steps=[5.0],
+                            requests_per_step=1, sessions_per_step=0, session_turns=1, feedback_noise=0.0,
+                            max_new_tokens=4, concurrency=1, thresholds=None, dtype="bf16", device="cuda:1")
+    assert argv and all(a[a.index("--device") + 1] == "cuda:1" and a[a.index("--dtype") + 1] == "bf16"
+                        for a in argv)
 
 
 def test_serve_cli_device_errors_are_one_line_exit_2(tiny, capsys):

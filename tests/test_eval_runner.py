@@ -44,6 +44,9 @@ class FakeEngine:
         checks = {"pct": "%" in output, "term": "流动覆盖率" not in output}
         return sum(checks[r] for r in rule_ids) / len(rule_ids)
 
+    def check(self, output, rule_ids=None, input_text="", sample_id=""):
+        return []  # findings only steer the simulated user; compliance() carries the scores here
+
 
 def fake_kpi(metric, prediction, sample, engine):
     gold = sample.gold_dict()

@@ -182,3 +182,41 @@ def test_ema_smooths_weight_moves_over_cycles():
     for c in range(1, 30):
         slow.update(c, c, scores, {}, {}, {})
     assert slow.weights()["calc"] == pytest.approx(rec["target"]["calc"], abs=1e-6)
+
+
+SIZES = {"calc": 1000, "concept": 125, "compliance": 8, "style": 1}
+
+
+def test_natural_is_proportional_to_size_and_ignores_bounds_and_metrics():
+    p = make_policy("natural", TASKS, BASE, **KW, sizes=SIZES)
+    # textbook definition: the floor (0.05) and cap (0.5) of KW do not apply
+    assert p.weights() == pytest.approx({t: v / 1134 for t, v in SIZES.items()})
+    before = p.weights()
+    run(p, 4, lambda c: {"style": 0.0, "calc": 1.0}, lambda c: {"style": 9.0})
+    assert p.weights() == before
+
+
+def test_temperature_flattens_sizes_by_tau():
+    p = make_policy("temperature", TASKS, BASE, **KW, sizes=SIZES)  # tau 3: cube roots 10, 5, 2, 1
+    assert p.weights() == pytest.approx({"calc": 10 / 18, "concept": 5 / 18, "compliance": 2 / 18, "style": 1 / 18})
+    hot = make_policy("temperature", TASKS, None, sizes=SIZES, tau=1e9)
+    assert hot.weights() == pytest.approx({t: 0.25 for t in TASKS}, abs=1e-6)
+    assert make_policy("temperature", TASKS, None, sizes=SIZES, tau=1.0).weights() == pytest.approx(
+        make_policy("natural", TASKS, None, sizes=SIZES).weights())
+
+
+def test_size_based_methods_need_sizes_for_every_task():
+    with pytest.raises(ConfigError, match="training-set sizes"):
+        make_policy("natural", TASKS, BASE, **KW)
+    with pytest.raises(ConfigError, match="missing \\['style'\\]"):
+        make_policy("temperature", TASKS, None, sizes={t: 5 for t in TASKS[:3]})
+    with pytest.raises(ConfigError, match="tau"):
+        make_policy("temperature", TASKS, None, sizes=SIZES, tau=0.0)
+
+
+def test_static_without_bounds_reproduces_size_weights_exactly():
+    """The mixing study runs natural/temperature as static over their weights (see bench/mixing.py)."""
+    for method in ("natural", "temperature"):
+        w = make_policy(method, TASKS, None, sizes=SIZES).weights()
+        static = make_policy("static", TASKS, w, **dict(KW, uniform_mix=0.0, floor=0.0, cap=1.0))
+        assert static.weights() == pytest.approx(w, rel=1e-12, abs=1e-15)

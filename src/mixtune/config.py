@@ -193,7 +193,7 @@ class Stage1Config(BaseStageConfig):
 
 
 class MixingConfig(Strict):
-    method: Literal["heat", "uniform", "static", "dbl", "exp3"] = "heat"
+    method: Literal["heat", "uniform", "static", "dbl", "exp3", "natural", "temperature"] = "heat"
     eta: float = Field(heat.DEFAULT_ETA, ge=0)
     uniform_mix: float = Field(heat.DEFAULT_UNIFORM_MIX, ge=0, le=1)
     floor: float = Field(heat.DEFAULT_FLOOR, ge=0, lt=1)
@@ -255,10 +255,51 @@ class ShadowConfig(Strict):
     max_new_tokens: int = Field(96, ge=1)
 
 
+class RolloutAnalysisConfig(Strict):
+    """How each rollout step is judged (pass / fail / inconclusive); see docs/rollout.md."""
+
+    min_pairs: int = Field(6, ge=1, description="scored champion/candidate pairs a step needs to decide")
+    min_delta: float = Field(-0.05, description="composite quality: candidate - champion must reach this "
+                             "(negative = non-inferiority margin)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="sequential test error rate (anytime-valid across steps)")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="candidate failed calls above this fail the step")
+    max_latency_p95_ratio: float = Field(3.0, gt=0, description="candidate p95 may be this many times the champion's")
+    latency_slack_ms: float = Field(250.0, ge=0, description="... plus this many milliseconds")
+    max_thumbs_down_increase: float = Field(0.25, ge=0, le=1,
+                                            description="simulated users' thumbs-down rate, candidate minus champion")
+    min_feedback: int = Field(4, ge=1, description="feedback events per arm before the feedback check decides")
+    expert_pairs: int = Field(4, ge=0, description="answer pairs per step given to the (simulated) expert reviewer")
+
+
+class RolloutConfig(Strict):
+    """Staged rollout in the canary step: real `mixtune serve` processes behind `mixtune gateway`."""
+
+    enabled: bool = True
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0],
+                               description="canary share of users per step, in percent, increasing")
+    requests_per_step: int = Field(24, ge=1, description="held-out traffic requests per step")
+    sessions_per_step: int = Field(2, ge=0, description="simulated-user sessions per step")
+    session_turns: int = Field(3, ge=1)
+    feedback_noise: float = Field(0.05, ge=0, le=0.5)
+    max_new_tokens: int = Field(32, ge=1)
+    concurrency: int = Field(4, ge=1, description="requests in flight against the gateway")
+    startup_timeout: float = Field(180.0, gt=0, description="seconds a server may take to come up")
+    shutdown_timeout: float = Field(15.0, gt=0, description="seconds after SIGTERM before SIGKILL")
+    canary_timeout: float = Field(20.0, gt=0, description="seconds before a canary answer falls back")
+    analysis: RolloutAnalysisConfig = RolloutAnalysisConfig()
+
+    @model_validator(mode="after")
+    def _increasing(self) -> RolloutConfig:
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(set(self.steps)):
+            raise ValueError(f"steps must be increasing percentages in (0, 100], got {self.steps}")
+        return self
+
+
 class GatesConfig(Strict):
     validate_: list[GateSpec] = Field(default_factory=list, alias="validate")
     canary: list[GateSpec] = Field(default_factory=list, description="checks on the evaluation records")
     shadow: ShadowConfig = ShadowConfig()
+    rollout: RolloutConfig = RolloutConfig()
     bootstrap_samples: int = Field(1000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
 

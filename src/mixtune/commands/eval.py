@@ -76,7 +76,7 @@ def eval_cmd(
     rules: Path = typer.Option(..., "--rules", help="rules YAML"),
     out: Path = typer.Option(..., "--out", help="output dir: <name>.jsonl, matrix.json, summary.json"),
     model_name: str | None = typer.Option(None, "--model-name", help="name in the matrix (default: dir name)"),
-    split: str = typer.Option("test", help="sample split to evaluate: train, val, test or all"),
+    split: str = typer.Option("test", help="sample split to evaluate: train, val, test, traffic or all"),
     samples_per_task: int | None = typer.Option(None, help="cap samples per task (seeded choice)"),
     max_new_tokens: int = typer.Option(96, help="generation budget per turn"),
     batch_size: int = typer.Option(32, help="HF generation batch size"),
@@ -90,6 +90,9 @@ def eval_cmd(
     experience_per_task: int = typer.Option(2, help="samples per task given stress dialogues"),
     judge_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint for an LLM judge (off by default)"),
     judge_model: str | None = typer.Option(None, help="model name for the judge endpoint"),
+    session_turns: int = typer.Option(6, help="turns of the adaptive simulated-user sessions (0 = none)"),
+    user_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint that voices the simulated user"),
+    user_model: str | None = typer.Option(None, help="model name for the --user-url endpoint"),
     seed: int = typer.Option(0, help="seed for sample choice, dialogue scripts and sampling"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
@@ -112,6 +115,11 @@ def eval_cmd(
         if not judge_model:
             raise ConfigError("--judge-url needs --judge-model", where="--judge-model")
         judge = LLMJudge(OpenAIBackend(judge_url, api_key=os.environ.get(api_key_env), model=judge_model))
+    voice = None
+    if user_url:
+        if not user_model:
+            raise ConfigError("--user-url needs --user-model", where="--user-model")
+        voice = OpenAIBackend(user_url, api_key=os.environ.get(api_key_env), model=user_model)
     name = model_name or (served_model if model.startswith(("http://", "https://")) else Path(model).name)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"unusable model name {name!r}; pass --model-name", where="--model-name")
@@ -121,7 +129,8 @@ def eval_cmd(
     out.mkdir(parents=True, exist_ok=True)
     evaluate_model(backend, samples, onto, engine, model_name=name, max_new_tokens=max_new_tokens,
                    experience=experience, ifeval_prompts=prompts, out_path=out / f"{name}.jsonl",
-                   progress=progress, experience_per_task=experience_per_task, judge=judge, seed=seed)
+                   progress=progress, experience_per_task=experience_per_task, judge=judge, seed=seed,
+                   session_turns=session_turns if experience else 0, user_voice=voice)
     by_model = {p.stem: read_jsonl(p) for p in sorted(out.glob("*.jsonl"))}
     write_matrix(by_model, out)
     Console().print(render_summary(json.loads((out / "summary.json").read_text(encoding="utf-8"))))

@@ -13,7 +13,7 @@ from mixtune.report import write_report
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/finance_demo")) -> None:
-        """Write RUN_DIR/report.html: per-task tables, evaluation matrix, loss and mixing plots, gates."""
+        """Write RUN_DIR/report.html: decision and deltas, rollout steps, gates, conversations, answers, plots."""
         if not (run_dir / "config.resolved.yaml").is_file():
             raise MixtuneError("not a mixtune run directory (no config.resolved.yaml)", where=str(run_dir))
         typer.echo(str(write_report(run_dir)))

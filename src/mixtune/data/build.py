@@ -2,8 +2,9 @@
 
 ``build_dataset`` writes, under ``out_dir``:
 
-- ``samples.parquet`` — accepted samples (clean, rule-passing, approved) with split, difficulty
-  and lineage, plus perturbed twins (``split='train'``, ``parent_id`` set);
+- ``samples.parquet`` — accepted samples (clean, rule-passing, approved) with split (train / val /
+  test / traffic: the rollout's held-out live traffic), difficulty and lineage, plus perturbed
+  twins (``split='train'``, ``parent_id`` set);
 - ``quarantine.jsonl`` — every rejected record with where it came from and why;
 - ``rule_report.json`` — rule failures by rule/task, defects injected vs caught;
 - ``lineage.parquet`` — one lineage row per accepted sample (DuckDB-queryable);
@@ -33,6 +34,7 @@ from mixtune.data.validate import annotate, blocking, failure_rows, validate_str
 from mixtune.errors import ConfigError
 
 MAX_REPORTED_FAILURES = 5000
+TRAFFIC_FRACTION = 0.05  # held-out rollout traffic per task (the gates' test split stays untouched)
 
 
 @dataclass
@@ -59,8 +61,13 @@ def check_rule_ids(onto: Ontology, ruleset_ids: list[str], source: str) -> None:
         raise ConfigError(f"ontology names rule ids missing from the rule set {source}: {bad}")
 
 
-def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> None:
-    """Stratified per task, deterministic in ``seed``: order by a seeded hash of the id, cut."""
+def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int,
+                  traffic_fraction: float = 0.0) -> None:
+    """Stratified per task, deterministic in ``seed``: order by a seeded hash of the id, cut.
+
+    ``traffic`` is a held-out split for the staged rollout's live traffic, cut after ``test`` so it
+    never overlaps the evaluation set (the rollout must not replay prompts the gates already saw).
+    """
     by_task: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_task[s.task_id].append(s)
@@ -68,8 +75,10 @@ def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: flo
         group.sort(key=lambda s: hashlib.sha256(f"{seed}|{s.id}".encode()).hexdigest())
         n_val = round(len(group) * val_fraction)
         n_test = round(len(group) * test_fraction)
+        n_traffic = round(len(group) * traffic_fraction)
         for i, s in enumerate(group):
-            s.split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+            s.split = ("val" if i < n_val else "test" if i < n_val + n_test
+                       else "traffic" if i < n_val + n_test + n_traffic else "train")
 
 
 def dataset_version(samples: list[Sample], onto_version: str, rules_version: str) -> str:
@@ -82,8 +91,13 @@ def dataset_version(samples: list[Sample], onto_version: str, rules_version: str
 def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: str | Path, *, n_per_task: int,
                   defect_rate: float, val_fraction: float, test_fraction: float, perturb_fraction: float,
                   seed: int, sources: Sequence[str | Source] = (), require_review: bool = False,
-                  reviewer: str | None = "generator", progress: bool = True, value_pool: int = 0) -> BuildResult:
-    """Build a versioned dataset directory; see the module docstring for the files written."""
+                  reviewer: str | None = "generator", progress: bool = True, value_pool: int = 0,
+                  traffic_fraction: float = TRAFFIC_FRACTION) -> BuildResult:
+    """Build a versioned dataset directory; see the module docstring for the files written.
+
+    ``traffic_fraction`` of each task becomes the held-out ``traffic`` split that the staged
+    rollout sends through the gateway (disjoint from ``test``, which the evaluation matrix uses).
+    """
     from mixtune.rules import RuleEngine, RuleSet
 
     out = Path(out_dir)
@@ -164,7 +178,7 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     for s in train_ready:
         t = onto.tasks.get(s.task_id)
         scorer.apply(s, t.difficulty.model_dump() if t else None, len(t.rule_ids) if t else 0)
-    assign_splits(train_ready, val_fraction, test_fraction, seed)
+    assign_splits(train_ready, val_fraction, test_fraction, seed, traffic_fraction)
     parents = [s for s in train_ready if s.split == "train" and not s.chain_steps]
     twins = perturb_samples(parents, perturb_fraction, seed)
     for tw in twins:

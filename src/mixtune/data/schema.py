@@ -65,7 +65,7 @@ class Sample(BaseModel):
     business_impact: Literal["low", "medium", "high"] = "medium"
     context_variant: str = "{}"  # JSON: industry, maturity, rating
     language: str = "zh"
-    split: Literal["train", "val", "test"] = "train"
+    split: Literal["train", "val", "test", "traffic"] = "train"  # traffic: held out for the staged rollout
     dataset_version: str = ""
     pii_flag: bool = False
     dedup_cluster: str = ""

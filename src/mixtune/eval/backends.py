@@ -236,6 +236,26 @@ class HFBackend:
                     out[i] = t
         return out
 
+    def _encode(self, prompts: list[str], limit: int | None) -> dict:
+        """Token ids, left-padded and left-truncated by hand.
+
+        A fast tokenizer's padding/truncation settings are shared mutable state: a server that
+        counts usage tokens on another thread while a batch is encoded (``mixtune serve``) could
+        switch padding off mid-call ("Unable to create tensor ..."). Plain per-prompt encoding does
+        not depend on that state. Over-long prompts keep their end (the question and the
+        generation prompt) rather than running past the model's positions.
+        """
+        import torch  # why: heavy, local models only (see __init__)
+
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if limit is not None:
+            ids = [x[-limit:] for x in ids]
+        width = max(1, max(len(x) for x in ids))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in ids], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
+        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+
     def _prompt_limit(self, max_new_tokens: int) -> int | None:
         cfg = getattr(self.model, "config", None)
         n = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
@@ -246,12 +266,7 @@ class HFBackend:
         import torch  # why: heavy, local models only (see __init__)
         from transformers import StoppingCriteriaList
 
-        limit = self._prompt_limit(max_new_tokens)
-        # Over-long prompts keep their end (the question and the generation prompt) rather than
-        # running past the model's positions, which fails or degrades silently.
-        self.tokenizer.truncation_side = "left"
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                             truncation=limit is not None, max_length=limit).to(self.device)
+        enc = self._encode(prompts, self._prompt_limit(max_new_tokens))
         prompt_len = enc["input_ids"].shape[1]
         kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:

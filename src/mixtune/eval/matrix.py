@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+#: Key of the per-model conversation statistics in the matrix; never a task id (those start with a letter).
+CONVERSATIONS = "_conversations"
 LAYERS = ("base", "business", "experience")
 
 
@@ -26,6 +28,10 @@ def aggregate(records_by_model: dict[str, list[dict]]) -> tuple[dict, dict]:
     records; families that have none (IFEval prompts) use their base records. Experience
     dialogues stay in the matrix only: they are a different question ("does it hold up in
     conversation"), and mixing them into the family score would hide which layer moved.
+
+    Each model's entry also holds ``_conversations`` when the records include simulated-user
+    sessions: ``score_by_turn`` (mean score at each turn index, so degradation over turns shows),
+    ``n_by_turn``, ``success_rate``, ``abandon_rate`` and ``thumbs_down_rate``.
     """
     matrix: dict[str, Any] = {}
     summary: dict[str, dict[str, float]] = {}
@@ -42,6 +48,9 @@ def aggregate(records_by_model: dict[str, list[dict]]) -> tuple[dict, dict]:
             task: {layer: {m: _mean(v) for m, v in sorted(metrics.items())} for layer, metrics in layers.items()}
             for task, layers in sorted(cells.items())
         }
+        conv = conversation_stats(records)
+        if conv:
+            matrix[model][CONVERSATIONS] = conv
         summary[model] = {}
         for family, by_layer in sorted(fam.items()):
             scores = by_layer.get("business") or by_layer.get("base")
@@ -50,10 +59,30 @@ def aggregate(records_by_model: dict[str, list[dict]]) -> tuple[dict, dict]:
     return matrix, summary
 
 
+def conversation_stats(records: list[dict]) -> dict:
+    """Score by turn index (mean over sessions that reached it), success and abandonment rates."""
+    sessions = [r for r in records if (r.get("detail") or {}).get("kind") == "session"]
+    if not sessions:
+        return {}
+    longest = max(len(r["detail"]["turn_scores"]) for r in sessions)
+    by_turn, n_by_turn = [], []
+    for i in range(longest):
+        vals = [r["detail"]["turn_scores"][i] for r in sessions if len(r["detail"]["turn_scores"]) > i]
+        by_turn.append(sum(vals) / len(vals))
+        n_by_turn.append(len(vals))
+    fb = [f for r in sessions for f in r["detail"]["feedback"]]
+    return {"sessions": len(sessions), "score_by_turn": by_turn, "n_by_turn": n_by_turn,
+            "success_rate": sum(r["metrics"]["session_success"] for r in sessions) / len(sessions),
+            "abandon_rate": sum(bool(r["detail"]["abandoned"]) for r in sessions) / len(sessions),
+            "thumbs_down_rate": sum(f == "thumbs_down" for f in fb) / len(fb) if fb else 0.0}
+
+
 def layer_means(matrix: dict, model: str) -> dict[str, dict[str, float]]:
     """Per layer, each metric averaged over tasks (task-macro), for a compact printout."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for layers in matrix.get(model, {}).values():
+    for task, layers in matrix.get(model, {}).items():
+        if task.startswith("_"):
+            continue
         for layer, metrics in layers.items():
             for m, v in metrics.items():
                 acc[layer][m].append(v)

@@ -31,6 +31,7 @@ from mixtune.eval.conversation import generate_all, prompt_text, reference_text,
 from mixtune.eval.experience import ExperienceAgent
 from mixtune.eval.ifeval import score_responses
 from mixtune.eval.matrix import aggregate
+from mixtune.eval.simulated_user import SimulatedUser, session_record
 from mixtune.jsonl import read_jsonl_objects
 
 KpiFn = Callable[[str, str, Sample, Any], float]
@@ -59,7 +60,12 @@ def score_predictions(samples: list[Sample], predictions: list[str], ontology: A
             base["terminology_accuracy"] = float(engine.compliance(pred, rule_ids=glossary, input_text=text))
         if base:
             primary = base.get("format_compliance", base.get("terminology_accuracy", 0.0))
-            records.append({**head, "layer": "base", "metrics": base, "primary": _unit(primary)})
+            rec = {**head, "layer": "base", "metrics": base, "primary": _unit(primary)}
+            if task.rule_ids and hasattr(engine, "check"):  # the report highlights these spans
+                rec["findings"] = [{"rule_id": f.rule_id, "severity": f.severity, "reason": f.reason,
+                                    "span": list(f.span) if f.span else None}
+                                   for f in engine.check(pred, rule_ids=task.rule_ids, input_text=text)]
+            records.append(rec)
         business = {m: float(kpi(m, pred, s, engine)) for m in task.kpis}
         records.append({**head, "layer": "business", "metrics": business,
                         "primary": _unit(business[task.primary_metric])})
@@ -98,8 +104,13 @@ def evaluate_ifeval(backend: Backend, prompts: list[dict], *, model_name: str, m
 def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engine: Any, *, model_name: str,
                    max_new_tokens: int, experience: bool = True, ifeval_prompts: list[dict] | None = None,
                    out_path: Path, progress: bool = True, kpi_fn: KpiFn | None = None,
-                   experience_per_task: int = 2, judge: Any = None, seed: int = 0) -> list[dict]:
+                   experience_per_task: int = 2, judge: Any = None, seed: int = 0,
+                   session_turns: int = 6, user_voice: Any = None) -> list[dict]:
     """Evaluate one model on all layers; writes the per-sample jsonl to ``out_path`` and returns it.
+
+    The experience layer runs the scripted stress dialogues and, with ``session_turns`` > 0,
+    adaptive simulated-user sessions of up to that many turns on the same samples
+    (:mod:`mixtune.eval.simulated_user`; ``user_voice``: a backend that phrases the user's turns).
 
     Unknown task ids fail before any generation. The file is written to a temporary name and
     renamed, so an interrupted run never leaves a half file that looks complete.
@@ -126,8 +137,36 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
                                 max_new_tokens=max_new_tokens, judge=judge, seed=seed)
         chosen = agent.select(samples, per_task=experience_per_task)
         records += agent.run(chosen, model_name=model_name, first_answers=last_turn, progress=progress)
+        if session_turns > 0:
+            records += run_sessions(backend, chosen, ontology, engine, kpi_fn=kpi_fn or score_kpi,
+                                    model_name=model_name, max_new_tokens=max_new_tokens, max_turns=session_turns,
+                                    first_answers=last_turn, seed=seed, voice=user_voice, progress=progress)
     write_jsonl(records, Path(out_path))
     return records
+
+
+def run_sessions(backend: Backend, samples: list[Sample], ontology: Any, engine: Any, *, kpi_fn: KpiFn,
+                 model_name: str, max_new_tokens: int, max_turns: int = 6, first_answers: dict[str, str] | None = None,
+                 seed: int = 0, voice: Any = None, progress: bool = True) -> list[dict]:
+    """Adaptive simulated-user sessions against ``backend``; one ``experience`` record per session.
+
+    ``first_answers`` (sample id → the model's answer to the sample's question, already generated
+    by the business layer) saves the first generation pass.
+    """
+    # No abandonment here: the matrix wants every turn's score, so degradation over turns shows.
+    user = SimulatedUser(ontology, engine, kpi_fn=kpi_fn, max_turns=max_turns, seed=seed, voice=voice,
+                         abandon_after=0)
+    first = dict(first_answers or {})
+    rounds = [0]
+
+    def respond(convs, sessions):
+        rounds[0] += 1
+        if rounds[0] == 1 and all(s.sample.id in first for s in sessions):
+            return [first[s.sample.id] for s in sessions]
+        return generate_all(backend, convs, max_new_tokens=max_new_tokens, progress=progress, seed=seed,
+                            desc=f"{model_name}: simulated users, turn {len(sessions[0].turns)}")
+
+    return [session_record(s, model_name) for s in user.run(samples, respond)]
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:

@@ -4,6 +4,9 @@ Aioli (2024) found no mixing method consistently beats stratified sampling, so t
 only worth its complexity if it beats these in a seeded ablation:
 
 - ``uniform``: stratified over tasks, ``1/K`` forever;
+- ``natural``: proportional to each task's training-set size (what concatenating the data gives);
+- ``temperature``: ``w_t ∝ n_t^(1/τ)`` (T5/mT5 temperature sampling; τ = 3 by default, τ = 1 is
+  ``natural``, τ → ∞ is ``uniform``);
 - ``static``: proportional to business value (uniform-mixed, floored, capped), never moves;
 - ``dbl``: Sheared-LLaMA dynamic batch loading, ``w <- softmax(log w + η·max(loss - ref, 0))``;
 - ``exp3``: Online Data Mixing's EXP3 bandit; each cycle one arm (task) is drawn from the current
@@ -16,7 +19,7 @@ from __future__ import annotations
 import math
 
 from mixtune.errors import ConfigError
-from mixtune.mixing.base import rng_state_from_json, rng_state_to_json, softmax
+from mixtune.mixing.base import normalise, rng_state_from_json, rng_state_to_json, softmax
 from mixtune.mixing.heat import PolicyBase
 
 
@@ -43,6 +46,55 @@ class StaticPolicy(PolicyBase):
         """Record the cycle's diagnostics; the weights do not change."""
         heat = self._begin(scores, per_sample, losses, rejection)
         return self._record(cycle, step, scores, losses, heat)
+
+
+class TemperaturePolicy(PolicyBase):
+    """Size-based sampling ``w_t ∝ n_t^(1/τ)``, fixed for the whole run.
+
+    The textbook definition: no uniform mix, floor or cap (those would make it a different
+    baseline), so ``uniform_mix``/``floor``/``cap`` are ignored. ``sizes`` are the per-task counts
+    of training samples; every task needs one, since guessing a size would silently change the mix.
+    """
+
+    method = "temperature"
+
+    def __init__(self, tasks, base=None, *, sizes: dict[str, float] | None = None, tau: float = 3.0, **kw):
+        if sizes is None:
+            raise ConfigError(f"mixing method {self.method!r} needs the per-task training-set sizes (sizes=...)",
+                              where="stage2.mixing.method")
+        missing = sorted(set(tasks) - set(sizes))
+        bad = {t: v for t, v in sizes.items() if not (math.isfinite(v) and v >= 0)}
+        if missing or bad or set(sizes) - set(tasks):
+            raise ConfigError(f"sizes must give a finite count >= 0 for exactly the tasks {list(tasks)}; "
+                              f"missing {missing}, invalid {bad}, unknown {sorted(set(sizes) - set(tasks))}",
+                              where="mixing.sizes")
+        if not (math.isfinite(tau) and tau > 0):
+            raise ConfigError(f"temperature tau must be finite and > 0, got {tau}", where="mixing.tau")
+        self.sizes = {t: float(sizes[t]) for t in tasks}
+        self.tau = float(tau)
+        super().__init__(tasks, base, **kw)
+
+    def initial(self) -> dict[str, float]:
+        return {t: self.sizes[t] ** (1.0 / self.tau) for t in self.tasks}
+
+    def finalise(self, target: dict[str, float]) -> dict[str, float]:
+        """Plain normalisation (see the class docstring)."""
+        return normalise(target)
+
+    def update(self, cycle, step, scores, per_sample, losses, rejection) -> dict:
+        """Record the cycle's diagnostics; the weights do not change."""
+        heat = self._begin(scores, per_sample, losses, rejection)
+        return self._record(cycle, step, scores, losses, heat, tau=self.tau)
+
+
+class NaturalPolicy(TemperaturePolicy):
+    """Proportional to training-set size ("natural" mixing): temperature sampling with τ = 1."""
+
+    method = "natural"
+
+    def __init__(self, tasks, base=None, *, sizes: dict[str, float] | None = None, **kw):
+        kw.pop("tau", None)
+        super().__init__(tasks, base, sizes=sizes, tau=1.0, **kw)
 
 
 class DBLPolicy(PolicyBase):

@@ -33,7 +33,7 @@ Status = Literal["pass", "fail", "inconclusive"]
 GATE_NAMES = ("validate", "canary")
 _SPEC_KEYS = {"metric", "scope", "min", "max", "min_delta_vs_champion", "greater_is_better"}
 # Same keys as mixtune.config.GatesConfig, so a gates file can be pasted under `gates:` in a pipeline.
-_FILE_KEYS = {*GATE_NAMES, "bootstrap_samples", "confidence"}
+_FILE_KEYS = {*GATE_NAMES, "bootstrap_samples", "confidence", "rollout"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class GateFile:
     gates: dict[str, list[GateSpec]]
     bootstrap_samples: int = 1000
     confidence: float = 0.95
+    rollout: Any = None  # mixtune.config.RolloutConfig: the canary's staged rollout steps and analyses
 
 
 def load_gate_file(path: str | Path) -> GateFile:
@@ -152,7 +153,19 @@ def load_gate_file(path: str | Path) -> GateFile:
     conf = data.get("confidence", 0.95)
     if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.5 < conf < 1:
         raise ConfigError(f"must be a number in (0.5, 1) (got {conf!r})", f"{prefix}:confidence")
-    return GateFile(gates=gates, bootstrap_samples=n_boot, confidence=float(conf))
+    rollout = None
+    if "rollout" in data:
+        from pydantic import ValidationError
+
+        from mixtune.config import RolloutConfig
+
+        try:
+            rollout = RolloutConfig.model_validate(data["rollout"] or {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(err["msg"], f"{prefix}:rollout" + (f".{loc}" if loc else "")) from None
+    return GateFile(gates=gates, bootstrap_samples=n_boot, confidence=float(conf), rollout=rollout)
 
 
 def load_eval_records(path: str | Path, model: str | None = None) -> list[dict[str, Any]]:

@@ -48,8 +48,45 @@ def _gate(name: str, specs_cfg, cand, champ, cfg: PipelineConfig, model_id: int,
 
 
 def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_path: str):
-    """Replay held-out prompts against champion and candidate, then the canary A/B decision."""
+    """The canary A/B decision: a staged rollout through real serve + gateway processes
+    (``gates.rollout``, see :mod:`mixtune.release.rollout`), or with ``gates.rollout.enabled: false``
+    the offline replay of held-out prompts against champion and candidate."""
     from mixtune.data.io import read_samples
+
+    if cfg.gates.rollout.enabled:
+        from mixtune.data.kpis import score as score_kpi
+        from mixtune.data.ontology import load_ontology
+        from mixtune.release.gates import append_decision
+        from mixtune.release.rollout import gate_decisions, run_rollout
+        from mixtune.release.rollout_analysis import StepThresholds
+        from mixtune.rules import RuleEngine, RuleSet
+
+        ro = cfg.gates.rollout
+        samples = [s for s in read_samples(rd.path / "data" / "samples.parquet") if not s.parent_id]
+        traffic = [s for s in samples if s.split == "traffic"]
+        source = "traffic split"
+        if not traffic:  # a dataset built before the traffic split existed: val is also held out from eval
+            traffic, source = [s for s in samples if s.split == "val"], "val split (no traffic split in this dataset)"
+        db = rd.path / "shadow.db"
+        if db.exists():
+            db.unlink()  # the canary of an earlier attempt compared another candidate
+        res = run_rollout(
+            champion_path, str(rd.path / "stage2" / "model"), traffic=traffic, session_samples=traffic,
+            ontology=load_ontology(cfg.resolve(cfg.data.ontology)),
+            engine=RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules))), kpi_fn=score_kpi,
+            out_dir=rd.path / "rollout", db_path=db, steps=list(ro.steps), requests_per_step=ro.requests_per_step,
+            sessions_per_step=ro.sessions_per_step, session_turns=ro.session_turns, feedback_noise=ro.feedback_noise,
+            max_new_tokens=ro.max_new_tokens, concurrency=ro.concurrency,
+            thresholds=StepThresholds(**ro.analysis.model_dump(), n_boot=cfg.gates.bootstrap_samples,
+                                      confidence=cfg.gates.confidence, seed=cfg.seed),
+            startup_timeout=ro.startup_timeout, shutdown_timeout=ro.shutdown_timeout,
+            canary_timeout=ro.canary_timeout, dtype=cfg.eval.dtype, device=cfg.eval.device, seed=cfg.seed, on_progress=console.print)
+        steps, decision = gate_decisions(res, {"model_id": model_id, "traffic_source": source})
+        for d in [*steps, decision]:
+            append_decision(rd.path / "gates.jsonl", d)
+        console.print(f"gate canary (staged rollout): {decision.status} — {res.reason}")
+        return decision
+
     from mixtune.eval.backends import HFBackend
     from mixtune.release.gates import append_decision
     from mixtune.release.shadow import canary_report, replay_traffic

@@ -204,11 +204,17 @@ class SequentialTest:
     def interval(self) -> tuple[float, float]:
         """Running-intersection confidence sequence for the mean difference (grid resolution)."""
         alive = (self._max_kp < self._threshold) & (self._max_km < self._threshold)
-        if not alive.any():  # every grid point rejected: report the crossing-free edge
-            centre = self._sum / max(self.n, 1)
-            return (centre, centre)
-        pts = self._grid[alive]
         step = float(self._grid[1] - self._grid[0])
+        if not alive.any():
+            # Every grid point rejected: the mean difference lies between grid points. Report the grid
+            # cell around the running mean (a point interval would exclude a true mean off the grid).
+            centre = self._sum / max(self.n, 1)
+            i = int(np.searchsorted(self._grid, centre))
+            lo, hi = float(self._grid[max(0, i - 1)]), float(self._grid[min(len(self._grid) - 1, i)])
+            if lo == hi:
+                lo, hi = lo - step, hi + step
+            return (max(-1.0, lo), min(1.0, hi))
+        pts = self._grid[alive]
         # A rejected neighbour means the true boundary lies within one grid step: widen to stay valid.
         return (max(-1.0, float(pts.min()) - step), min(1.0, float(pts.max()) + step))
 

@@ -193,28 +193,32 @@ class ReviewStore:
         )
         self.metadata = md
         try:
-            md.create_all(self.engine)
-            self._guard_append_only()
+            with self.engine.begin() as c:
+                if self.engine.dialect.name == "postgresql":
+                    # Several processes may open one store at once (reviewers, the training loop):
+                    # schema set-up runs one at a time, or concurrent DDL on the same objects fails.
+                    c.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"mixtune-{prefix}"})
+                md.create_all(c)
+                self._guard_append_only(c)
         except OperationalError as e:
             raise MixtuneError(f"cannot open review store: {e.orig}", where=str(store)) from None
 
     # --- schema ---------------------------------------------------------------------------
-    def _guard_append_only(self) -> None:
+    def _guard_append_only(self, c) -> None:
         """Database triggers that refuse UPDATE/DELETE on verdicts (the API has none either)."""
         t = self.verdicts.name
-        with self.engine.begin() as c:
-            if self.engine.dialect.name == "sqlite":
-                for op in ("UPDATE", "DELETE"):
-                    c.exec_driver_sql(
-                        f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
-                        f"BEGIN SELECT RAISE(ABORT, 'review verdicts are append-only'); END")
-            elif self.engine.dialect.name == "postgresql":
+        if self.engine.dialect.name == "sqlite":
+            for op in ("UPDATE", "DELETE"):
                 c.exec_driver_sql(
-                    f"CREATE OR REPLACE FUNCTION {t}_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-                    f"$$ BEGIN RAISE EXCEPTION 'review verdicts are append-only'; END $$")
-                c.exec_driver_sql(f"DROP TRIGGER IF EXISTS {t}_append_only ON {t}")
-                c.exec_driver_sql(f"CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} "
-                                  f"FOR EACH ROW EXECUTE FUNCTION {t}_append_only()")
+                    f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
+                    f"BEGIN SELECT RAISE(ABORT, 'review verdicts are append-only'); END")
+        elif self.engine.dialect.name == "postgresql":
+            c.exec_driver_sql(
+                f"CREATE OR REPLACE FUNCTION {t}_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN RAISE EXCEPTION 'review verdicts are append-only'; END $$")
+            c.exec_driver_sql(f"DROP TRIGGER IF EXISTS {t}_append_only ON {t}")
+            c.exec_driver_sql(f"CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t} "
+                              f"FOR EACH ROW EXECUTE FUNCTION {t}_append_only()")
 
     def drop(self) -> None:
         """Drop this store's tables (tests and throw-away stores only; nothing calls it otherwise)."""

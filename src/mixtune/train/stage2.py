@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,7 +160,8 @@ class Stage2Recipe:
         mix, cur, mod = st.mixing, st.curriculum, st.modulation
         self.policy = make_policy(mix.method, tasks, {t: self.business_value.get(t, 1.0) for t in tasks},
                                   eta=mix.eta, uniform_mix=mix.uniform_mix, floor=mix.floor, cap=mix.cap,
-                                  ema=mix.ema, heat_weights=mix.heat_weights, seed=seed)
+                                  ema=mix.ema, heat_weights=mix.heat_weights, seed=seed,
+                                  sizes=Counter(s.task_id for s in self.train_samples))
         self.curriculum = Curriculum(tasks, cur.early, cur.middle, cur.late,
                                      mastery_threshold=cur.mastery_threshold, mastery_cycles=cur.mastery_cycles,
                                      enabled=cur.enabled, pacing=cur.pacing, c0=cur.c0, thresholds=cur.thresholds)
