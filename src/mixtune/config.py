@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from pydantic import (
     BaseModel,
@@ -468,6 +467,8 @@ def load_yaml(path: str | Path) -> Any:
 def apply_runtime(cfg: PipelineConfig) -> None:
     """Process-wide settings from the config (CPU threads)."""
     if cfg.threads > 0:
+        import torch  # why: the config (and every command that reads one) must load without torch
+
         torch.set_num_threads(cfg.threads)
 
 

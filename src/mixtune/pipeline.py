@@ -23,6 +23,7 @@ from mixtune.data.ontology import load_ontology
 from mixtune.errors import ConfigError, MixtuneError
 from mixtune.eval.backends import Backend, HFBackend, OpenAIBackend
 from mixtune.eval.runner import evaluate_model, write_matrix
+from mixtune.model.sources import PRESETS, resolve_model
 from mixtune.model.tiny import build_tiny_model
 from mixtune.release.pipeline_steps import step_gates_and_registry
 from mixtune.report import write_report
@@ -68,10 +69,19 @@ def load_samples(rd: RunDir) -> list:
 
 
 def step_base_model(cfg: PipelineConfig, rd: RunDir, samples: list) -> str:
-    """The model stage 1 starts from: the built-in tiny model (built once) or the configured id/path."""
-    if cfg.model.name_or_path != "builtin:tiny":
-        local = cfg.resolve(cfg.model.name_or_path)  # a folder relative to the YAML, else a hub id
-        return str(local) if local.exists() else cfg.model.name_or_path
+    """The model stage 1 starts from: the built-in tiny model (built once), a GGUF file or preset
+    (converted once into the model cache), or the configured id/path."""
+    name = cfg.model.name_or_path
+    if name.startswith("gguf:") or name in PRESETS:
+        if name.startswith("gguf:"):  # a relative GGUF path resolves against the YAML's folder
+            name = "gguf:" + str(cfg.resolve(name[len("gguf:"):]))
+        path = resolve_model(name)
+        # recorded so the release step can serve the base model as the first champion
+        rd.mark("base_model", rd.fingerprint("base_model", ("model", "seed")), path=path)
+        return path
+    if name != "builtin:tiny":
+        local = cfg.resolve(name)  # a folder relative to the YAML, else a hub id
+        return str(local) if local.exists() else name
     out = rd.path / "base_model"
     fp = rd.fingerprint("base_model", ("model", "seed"), ("data",))
     if not rd.done("base_model", fp):

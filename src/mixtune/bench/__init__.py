@@ -37,6 +37,7 @@ SUITES: dict[str, Callable[[Context], dict]] = {
     "mixing": _lazy("mixing"),
     "memory": _lazy("memory"),
     "demo": _lazy("demo"),
+    "real_model": _lazy("real_model"),
 }
 
 

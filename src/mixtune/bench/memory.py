@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mixtune.bench.harness import Context, row, summarize
 from mixtune.errors import MixtuneError
+from mixtune.model.sources import resolve_model
 
 #: variant → (finetune, gradient checkpointing, chunked CE)
 VARIANTS: dict[str, tuple[str, bool, bool]] = {
@@ -194,12 +195,7 @@ def resolve_full_model() -> str:
     """The full tier's model: ``$MIXTUNE_BENCH_MEMORY_MODEL``, else the SmolLM2-135M-Instruct preset."""
     if os.environ.get(MODEL_ENV):
         return os.environ[MODEL_ENV]
-    try:
-        from mixtune.model.sources import resolve_model  # why: lands with the model-source work (issue 10)
-    except ImportError:
-        raise MixtuneError(f"the SmolLM2 preset needs mixtune.model.sources; set {MODEL_ENV} to an HF "
-                           "folder instead") from None
-    return resolve_model(FULL["model"])
+    return resolve_model(FULL["model"])  # converted once from the packaged GGUF, then cached
 
 
 def model_label(model: str) -> str:

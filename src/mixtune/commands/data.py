@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mixtune.errors import DataError
+
 data_app = typer.Typer(help="Ingest, build, validate and export datasets.", no_args_is_help=True)
 
 
@@ -23,10 +25,13 @@ def ingest(
     """Every record ends accepted (samples.parquet) or quarantined (quarantine.jsonl) with its reason."""
     from rich.console import Console
 
-    from mixtune.data.ingest import Source, ingest_sources, parse_field_map
-    from mixtune.data.io import write_json, write_jsonl, write_samples
-    from mixtune.data.ontology import load_ontology
-    from mixtune.errors import DataError
+    from mixtune.data.ingest import (  # why: fast --help (torch, via config)
+        Source,
+        ingest_sources,
+        parse_field_map,
+    )
+    from mixtune.data.io import write_json, write_jsonl, write_samples  # why: fast --help (pyarrow)
+    from mixtune.data.ontology import load_ontology  # why: fast --help (torch, via config)
 
     mapping = {}
     for item in task_map:
@@ -73,7 +78,7 @@ def build(
     """Generate + ingest, validate, review, score, split, perturb; write a versioned dataset."""
     from rich.console import Console
 
-    from mixtune.data.build import build_dataset
+    from mixtune.data.build import build_dataset  # why: fast --help (torch, via config)
 
     res = build_dataset(ontology, rules, out, n_per_task=n_per_task, defect_rate=defect_rate,
                         val_fraction=val_fraction, test_fraction=test_fraction, perturb_fraction=perturb_fraction,
@@ -100,10 +105,15 @@ def validate(
 
     from rich.console import Console
 
-    from mixtune.data.io import iter_samples, write_jsonl
-    from mixtune.data.ontology import load_ontology
-    from mixtune.data.validate import blocking, failure_rows, validate_file, validate_stream
-    from mixtune.rules import RuleEngine, RuleSet
+    from mixtune.data.io import iter_samples, write_jsonl  # why: fast --help (pyarrow)
+    from mixtune.data.ontology import load_ontology  # why: fast --help (torch, via config)
+    from mixtune.data.validate import (  # why: fast --help (pyarrow)
+        blocking,
+        failure_rows,
+        validate_file,
+        validate_stream,
+    )
+    from mixtune.rules import RuleEngine, RuleSet  # why: fast --help (jsonschema, yaml)
 
     engine = RuleEngine(RuleSet.load(rules))
     rules_for = {t.id: t.rule_ids for t in load_ontology(ontology).tasks.values()} if ontology else {}
@@ -145,7 +155,7 @@ def export(
                                          help="also export rule-passing samples nobody has reviewed yet"),
 ) -> None:
     """Write the rule-passing, approved split for another trainer, keeping sample ids for `mixtune trace`."""
-    from mixtune.data.export import export_dataset
+    from mixtune.data.export import export_dataset  # why: fast --help (pyarrow)
 
     res = export_dataset(data, fmt, out, split=split, include_pending=include_pending)
     typer.echo(f"exported {res.exported} {split} samples ({fmt}) to {res.path}")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from mixtune.errors import ConfigError
+
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
 
 
@@ -63,8 +65,7 @@ def gate(
 
     With --model-id the registry records the decision for that model and the line appended to
     --out carries the registry's binding (model, path, weights hash) and signature."""
-    from mixtune.errors import ConfigError
-    from mixtune.release.gates import (
+    from mixtune.release.gates import (  # why: fast --help (numpy, yaml)
         GATE_NAMES,
         append_decision,
         evaluate_gate,
@@ -93,7 +94,7 @@ def gate(
     )
     print_decision(decision)
     if model_id is not None:  # the registry stores it first: a file line alone is never evidence
-        from mixtune.release.registry import Registry
+        from mixtune.release.registry import Registry  # why: fast --help (sqlalchemy)
 
         reg = Registry(db)
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from mixtune.release.server import serve_forever
+
 
 def gateway_cmd(
     champion: str = typer.Option(..., "--champion", help="champion OpenAI-compatible base URL"),
@@ -36,8 +38,7 @@ def gateway_cmd(
     drain_timeout: float = typer.Option(10.0, help="seconds shutdown then waits for queued mirror calls"),
 ) -> None:
     """Answer from the champion, mirror to the candidate, route a sticky canary share; log pairs to --db."""
-    from mixtune.release.gateway import build_gateway_app
-    from mixtune.release.server import serve_forever
+    from mixtune.release.gateway import build_gateway_app  # why: fast --help (fastapi)
 
     app = build_gateway_app(champion, candidate, api_key=api_key, db_url=db, canary_share=canary_share,
                             champion_api_key=champion_key, candidate_api_key=candidate_key,

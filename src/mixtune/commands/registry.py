@@ -16,6 +16,8 @@ from typing import Any
 
 import typer
 
+from mixtune.errors import DataError
+
 registry_app = typer.Typer(help="Model registry: versions, lifecycle states, champion alias, audit log.",
                            no_args_is_help=True)
 
@@ -43,7 +45,7 @@ def _who(who: str | None) -> str:
 
 
 def _open(db: str):
-    from mixtune.release.registry import Registry
+    from mixtune.release.registry import Registry  # why: fast --help (sqlalchemy)
 
     return Registry(db)
 
@@ -52,7 +54,7 @@ def pick_evidence(path: Path, gate: str | None, model_id: int) -> dict | None:
     """The newest decision in a gates.jsonl for ``gate`` (any gate if None) that is not tied to
     another model id. Returns None when the file has none. (The registry then accepts it only if
     it recorded that decision or it carries the registry's signature.)"""
-    from mixtune.release.gates import read_decisions
+    from mixtune.release.gates import read_decisions  # why: fast --help (numpy, yaml)
 
     for d in reversed(read_decisions(path)):
         if not isinstance(d, dict):
@@ -126,8 +128,6 @@ def register_cmd(
     who: str | None = _who_option(),
 ) -> None:
     """Register a new version in state 'trained'."""
-    from mixtune.errors import DataError
-
     data = None
     if metrics is not None:
         try:
@@ -151,7 +151,7 @@ def promote_cmd(
 ) -> None:
     """Move a model to its next state; validated/released need a passing gate decision recorded by
     this registry for these exact weights (see `mixtune gate --model-id`)."""
-    from mixtune.release.registry import REQUIRED_GATE, RegistryError
+    from mixtune.release.registry import REQUIRED_GATE, RegistryError  # why: fast --help (sqlalchemy)
 
     reg = _open(db)
     current = reg.show(model_id).state

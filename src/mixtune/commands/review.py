@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
+from mixtune.errors import ConfigError, DataError
+
 review_app = typer.Typer(help="Expert review: the review web app (serve), export to CSV / Label Studio / Argilla, "
                          "import decisions, status.",
                          no_args_is_help=True)
 
 
 def _samples(dataset: Path):
-    from mixtune.data.io import read_samples
-    from mixtune.errors import DataError
+    from mixtune.data.io import read_samples  # why: fast --help (pyarrow)
 
     queue_file, samples_file = dataset / "review_queue.parquet", dataset / "samples.parquet"
     src = queue_file if queue_file.is_file() else samples_file
@@ -26,7 +27,7 @@ def _samples(dataset: Path):
 def _write_stats(dataset: Path, queue) -> dict:
     import json
 
-    from mixtune.data.io import write_json
+    from mixtune.data.io import write_json  # why: fast --help (pyarrow)
 
     path = dataset / "review_stats.json"
     stats = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -45,8 +46,8 @@ def export(
     limit: int = typer.Option(0, "--limit", min=0, help="at most this many samples (0 = all)"),
 ) -> None:
     """Export samples awaiting review; exported pending samples move to in_review."""
-    from mixtune.data.review import ReviewQueue
-    from mixtune.data.review_formats import export_review
+    from mixtune.data.review import ReviewQueue  # why: fast --help (pyarrow)
+    from mixtune.data.review_formats import export_review  # why: fast --help (pyarrow)
 
     queue = ReviewQueue(dataset / "review_log.jsonl")
     chosen = [s for s in _samples(dataset) if (not task or s.task_id in task)
@@ -66,8 +67,8 @@ def import_(
                                             help="accept decisions only from these qualifications"),
 ) -> None:
     """Apply decisions; invalid transitions are refused and listed (exit 1 when any was refused)."""
-    from mixtune.data.review import ReviewQueue
-    from mixtune.data.review_formats import import_review
+    from mixtune.data.review import ReviewQueue  # why: fast --help (pyarrow)
+    from mixtune.data.review_formats import import_review  # why: fast --help (pyarrow)
 
     queue = ReviewQueue(dataset / "review_log.jsonl", required_qualifications=qualification)
     res = import_review(path, queue, fmt)
@@ -85,19 +86,17 @@ def status_(dataset: Path | None = typer.Option(None, "--dataset", help="dataset
                                              "queue sizes, agreement per reviewer, live rejection rates")) -> None:
     """Counts per task and state, and per-task rejection rates (also written to review_stats.json)."""
     if store is not None:
-        from mixtune.commands.review_serve import print_store_status
+        from mixtune.commands.review_serve import print_store_status  # why: import cycle with review_serve
 
         print_store_status(store)
         if dataset is None:
             return
     if dataset is None:
-        from mixtune.errors import ConfigError
-
         raise ConfigError("give --dataset DIR or --store URL", where="mixtune review status")
     from rich.console import Console
     from rich.table import Table
 
-    from mixtune.data.review import STATES, ReviewQueue
+    from mixtune.data.review import STATES, ReviewQueue  # why: fast --help (pyarrow)
 
     queue = ReviewQueue(dataset / "review_log.jsonl")
     counts = queue.status_counts()

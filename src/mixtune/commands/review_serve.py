@@ -10,6 +10,10 @@ from pathlib import Path
 
 import typer
 
+from mixtune.commands.review import review_app
+from mixtune.errors import DataError
+from mixtune.release.server import serve_forever
+
 
 def serve(
     store: str = typer.Option("review.db", "--store", help="SQLite path (WAL) or SQLAlchemy URL of the review store"),
@@ -20,10 +24,9 @@ def serve(
     required: int = typer.Option(2, "--required", min=1, help="agreeing reviewers that decide an item"),
 ) -> None:
     """Serve the expert review web app and its JSON API until Ctrl-C."""
-    from mixtune.release.server import serve_forever
-    from mixtune.review.app import create_app, load_reasons
-    from mixtune.review.reviewers import Reviewers
-    from mixtune.review.store import ReviewStore
+    from mixtune.review.app import create_app, load_reasons  # why: fast --help (fastapi)
+    from mixtune.review.reviewers import Reviewers  # why: fast --help (sqlalchemy)
+    from mixtune.review.store import ReviewStore  # why: fast --help (sqlalchemy)
 
     app = create_app(ReviewStore(store), Reviewers.load(reviewers), reasons=load_reasons(ontology),
                      required=required)
@@ -40,7 +43,7 @@ def token(
     """Make a new reviewer token; prints it once and the reviewers-file entry (hash only)."""
     import yaml
 
-    from mixtune.review.reviewers import new_token, reviewers_file_entry
+    from mixtune.review.reviewers import new_token, reviewers_file_entry  # why: fast --help (sqlalchemy)
 
     tok = new_token()
     entry = reviewers_file_entry(reviewer_id, tok, list(qualification), adjudicator,
@@ -55,12 +58,10 @@ def print_store_status(store: str, required: int = 2) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mixtune.review.queue import status_summary
-    from mixtune.review.store import ReviewStore
+    from mixtune.review.queue import status_summary  # why: fast --help (sqlalchemy)
+    from mixtune.review.store import ReviewStore  # why: fast --help (sqlalchemy)
 
     if "://" not in store and not Path(store).is_file():
-        from mixtune.errors import DataError
-
         raise DataError("no review store here (start one with `mixtune review serve --store PATH`)", where=store)
     st = status_summary(ReviewStore(store), required)
     console = Console()
@@ -81,7 +82,5 @@ def print_store_status(store: str, required: int = 2) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from mixtune.commands.review import review_app
-
     review_app.command("serve")(serve)
     review_app.command("token")(token)

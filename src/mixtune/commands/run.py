@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
         Writes runs/<name>/ (see README). Finished steps are skipped on a re-run; a run directory
         holding a different config is refused with the changed keys named.
         """
-        from mixtune.config import load_config
-        from mixtune.pipeline import run_pipeline
+        from mixtune.config import load_config  # why: fast --help (torch)
+        from mixtune.pipeline import run_pipeline  # why: fast --help (torch, transformers)
 
         cfg = load_config(config, overrides or [])
         run_pipeline(cfg, fresh=fresh, until=until)
@@ -32,6 +32,6 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None, help="dotted overrides"),
     ) -> None:
         """Validate a pipeline YAML and print it fully resolved (defaults filled in)."""
-        from mixtune.config import dump_config, load_config
+        from mixtune.config import dump_config, load_config  # why: fast --help (torch)
 
         typer.echo(dump_config(load_config(config, overrides or [])))

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Which samples, annotators, rule versions and difficulty levels stand behind a task or failure."""
         # why: lineage pulls duckdb and pyarrow; imported on use so `mixtune --help` stays fast
-        from mixtune.data.lineage import trace_failures, trace_item, trace_task
+        from mixtune.data.lineage import trace_failures, trace_item, trace_task  # why: fast --help (pyarrow)
 
         if sum(x is not None for x in (sample_id, eval_results)) + (task is not None and sample_id is None) == 0:
             raise DataError("give --task, --sample-id or --eval")

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="pipeline YAML"),
         overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. stage1.steps=20"),
         stage: int = typer.Option(1, "--stage", min=1, max=2, help="which stage to train"),
-        model: str = typer.Option(None, "--model", help="start from this model instead of the run's previous one"),
+        model: str = typer.Option(None, "--model", help="start from this model (HF folder/id, gguf:PATH or a preset) instead of the run's previous one"),
         out: Path = typer.Option(None, "--out", help="output folder (default runs/<name>/stage<N>)"),
         max_steps: int = typer.Option(None, "--max-steps", help="stop after this many steps"),
         debug: bool = typer.Option(False, "--debug", help="print which tokens carry labels for a few samples and exit"),
@@ -48,7 +48,12 @@ def register(app: typer.Typer) -> None:
             raise MixtuneError("no dataset in this run yet; run `mixtune run CONFIG --until data` first",
                                where=str(rd.path / "data"))
         samples = load_samples(rd)
-        start = model or (step_base_model(cfg, rd, samples) if stage == 1 else str(rd.path / "stage1" / "model"))
+        if model:
+            from mixtune.model.sources import resolve_model
+
+            start = resolve_model(model)  # an HF folder/id, gguf:PATH or a preset name
+        else:
+            start = step_base_model(cfg, rd, samples) if stage == 1 else str(rd.path / "stage1" / "model")
         if debug:
             tok = AutoTokenizer.from_pretrained(start)
             for s in [x for x in samples if x.stage == stage][:3]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mixtune.data.difficulty import DifficultyScorer
 from mixtune.data.generate import generate_samples, supports
-from mixtune.data.ingest import Source
+from mixtune.data.ingest import Source, ingest_sources
 from mixtune.data.io import write_json, write_jsonl, write_samples
 from mixtune.data.lineage import lineage_table, write_lineage
 from mixtune.data.ontology import Ontology, load_ontology
@@ -32,6 +32,7 @@ from mixtune.data.review import ReviewQueue
 from mixtune.data.schema import Sample
 from mixtune.data.validate import annotate, blocking, failure_rows, validate_stream
 from mixtune.errors import ConfigError
+from mixtune.rules import RuleEngine, RuleSet
 
 MAX_REPORTED_FAILURES = 5000
 TRAFFIC_FRACTION = 0.05  # held-out rollout traffic per task (the gates' test split stays untouched)
@@ -98,8 +99,6 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     ``traffic_fraction`` of each task becomes the held-out ``traffic`` split that the staged
     rollout sends through the gateway (disjoint from ``test``, which the evaluation matrix uses).
     """
-    from mixtune.rules import RuleEngine, RuleSet
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onto = load_ontology(ontology_path)
@@ -114,8 +113,6 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     quarantine: list[dict] = []
     n_ingested = 0
     if sources:
-        from mixtune.data.ingest import ingest_sources
-
         ing = ingest_sources([s if isinstance(s, Source) else Source(str(s)) for s in sources], ontology=onto)
         n_ingested = ing.input_count
         samples.extend(ing.samples)

@@ -25,6 +25,7 @@ import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from mixtune.data.schema import Sample
+from mixtune.rules.pii import find_pii
 
 if TYPE_CHECKING:
     from mixtune.rules import RuleEngine
@@ -101,8 +102,6 @@ def citation_correctness(pred: str, gold: dict[str, Any]) -> float:
 
 def pii_masking(pred: str, gold: dict[str, Any]) -> float:
     """0 if any identifier is left unmasked; otherwise the recall of the expected masked forms."""
-    from mixtune.rules.pii import find_pii
-
     if find_pii(pred):
         return 0.0
     return _recall(list(gold.get("masked_values", [])), pred)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixtune.data.schema import Message, Sample
+from mixtune.errors import DataError
 
 if TYPE_CHECKING:
     from mixtune.rules import Failure, RuleEngine
@@ -83,8 +84,6 @@ def validate_file(path: str | Path, engine: RuleEngine, rules_for: Mapping[str, 
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from mixtune.errors import DataError
 
     try:
         pf = pq.ParquetFile(path)

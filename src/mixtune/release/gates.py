@@ -157,7 +157,7 @@ def load_gate_file(path: str | Path) -> GateFile:
     if "rollout" in data:
         from pydantic import ValidationError
 
-        from mixtune.config import RolloutConfig
+        from mixtune.config import RolloutConfig  # why: pulls torch; only rollout gates need it
 
         try:
             rollout = RolloutConfig.model_validate(data["rollout"] or {})

@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 from fastapi import Request  # module level: FastAPI resolves postponed annotations here
 
+from mixtune.errors import ConfigError
 from mixtune.release.openai_compat import (
     MAX_BODY_BYTES,
     bearer_ok,
@@ -55,6 +56,7 @@ from mixtune.release.openai_compat import (
 from mixtune.release.shadow_writer import DURABILITY, ShadowWriter
 from mixtune.release.store import ShadowStore
 from mixtune.release.upstream import Upstream, UpstreamResult
+from mixtune.rules import mask_pii
 
 log = logging.getLogger("mixtune.gateway")
 
@@ -75,10 +77,6 @@ def canary_route(uhash: str | None, canary_share: float) -> str:
 
 def default_masker() -> Callable[[str], str]:
     """The rule engine's PII masker (:func:`mixtune.rules.mask_pii`)."""
-    try:
-        from mixtune.rules import mask_pii
-    except ImportError:  # the package may not re-export it
-        from mixtune.rules.pii import mask_pii
     return mask_pii
 
 
@@ -262,8 +260,6 @@ def build_gateway_app(champion_url: str, candidate_url: str, *, api_key: str, db
     """
     from fastapi import FastAPI
     from fastapi.responses import Response
-
-    from mixtune.errors import ConfigError
 
     if not api_key:
         raise ConfigError("the gateway requires an API key", where="--api-key")

@@ -28,7 +28,9 @@ from typing import Any
 
 from mixtune.errors import DataError
 from mixtune.jsonl import read_jsonl_objects
+from mixtune.release.gates import CheckResult, GateDecision, evaluate_gate
 from mixtune.release.gateway import canary_route, user_hash
+from mixtune.release.stats import SequentialTest, paired_bootstrap
 from mixtune.release.store import ShadowStore
 
 RuleScore = Callable[[str, str], float]  # (prompt text, answer) -> score in [0, 1]
@@ -223,9 +225,6 @@ def canary_report(store: ShadowStore, *, rule_score: RuleScore | None = None, ju
     ``min_delta``: required improvement of the composite score (negative = non-inferiority margin).
     ``horizon``: planned number of pairs; before it, only the sequential test can end the canary.
     """
-    from mixtune.release.gates import CheckResult, GateDecision, evaluate_gate
-    from mixtune.release.stats import SequentialTest, paired_bootstrap
-
     records = store.load_records(source)
     verdicts = {k: v["verdict"] for k, v in store.load_reviews().items() if v.get("verdict")}
     pairs = pair_signals(records, rule_score=rule_score, judge=judge, verdicts=verdicts)

@@ -182,7 +182,7 @@ def load_reasons(ontology: str | Path | None) -> dict[str, list[str]]:
     """Task id → reason codes: the ontology's anomaly patterns (``other`` where a task lists none)."""
     if ontology is None:
         return {}
-    from mixtune.data.ontology import load_ontology
+    from mixtune.data.ontology import load_ontology  # why: torch (via config), only with an ontology
 
     onto = load_ontology(ontology)
     return {tid: list(t.anomalies) or ["other"] for tid, t in onto.tasks.items()}

@@ -33,6 +33,7 @@ import httpx
 
 from mixtune.data.kpis import NUM, citations_in, norm
 from mixtune.errors import MixtuneError
+from mixtune.release.server import ServerThread
 from mixtune.review.reviewers import Reviewer, Reviewers, hash_token, new_token
 from mixtune.review.store import ReviewStore
 
@@ -175,8 +176,7 @@ class LiveRejection:
         self.engine, self.rule_ids, self.families = engine, rule_ids, families
         self.simulate = simulate
         # the app and its server only load when a run asks for live review (fastapi, uvicorn)
-        from mixtune.release.server import ServerThread
-        from mixtune.review.app import create_app
+        from mixtune.review.app import create_app  # why: fastapi loads only when a run asks for live review
 
         people = list(reviewers.by_id.values()) if reviewers is not None else []
         # The simulated reviewer's token lives only in this process: nothing outside can speak as it.

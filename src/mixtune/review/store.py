@@ -371,7 +371,7 @@ class ReviewStore:
                         strength: float = 5.0, tasks: list[str] | None = None,
                         model_versions: list[str] | None = None) -> dict[str, tuple[float, int]]:
         """Per task ``(rate, n)``: see :func:`mixtune.review.queue.rejection_rates`."""
-        from mixtune.review.queue import rejection_rates  # queue builds on the store, not the reverse
+        from mixtune.review.queue import rejection_rates  # why: import cycle (queue builds on the store)
 
         return rejection_rates(self, kinds=kinds, window=window, prior=prior, strength=strength, tasks=tasks,
                                model_versions=model_versions)

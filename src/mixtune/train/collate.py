@@ -132,14 +132,27 @@ def pack_batch(items: list[Encoded], max_len: int, pad_id: int) -> dict[str, tor
 
 
 def debug_view(tokenizer, enc: Encoded) -> str:
-    """Human-readable view of which tokens carry labels: ``[label]`` vs ``·prompt·`` tokens."""
-    parts = []
+    """Human-readable view of which tokens carry labels: ``[label]`` vs ``·prompt·`` tokens.
+
+    Byte-level BPE vocabularies (SmolLM2, Llama-3, Qwen) split one CJK character over several
+    tokens, each of which decodes to U+FFFD alone; such tokens are shown together with the next
+    token(s) of the same kind until the group decodes to whole characters.
+    """
+    parts: list[str] = []
+    group: list[int] = []
+    kind = ""
+
+    def flush() -> None:
+        text = tokenizer.decode(group).replace("\n", "\\n")
+        parts.append(f"[{text}]" if kind == "label" else f"<{text}>" if kind == "instr" else f"·{text}·")
+
     for tok, lab, ins in zip(enc.input_ids, enc.labels, enc.instr_mask):
-        text = tokenizer.decode([tok]).replace("\n", "\\n")
-        if lab != IGNORE:
-            parts.append(f"[{text}]")
-        elif ins:
-            parts.append(f"<{text}>")
-        else:
-            parts.append(f"·{text}·")
+        k = "label" if lab != IGNORE else "instr" if ins else "prompt"
+        if group and (k != kind or "\ufffd" not in tokenizer.decode(group)):
+            flush()
+            group = []
+        group.append(tok)
+        kind = k
+    if group:
+        flush()
     return "".join(parts)
