@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,7 @@ def _trl_steps(spec: dict, convs: list[list[dict]], work: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=weight_dtype(spec["dtype"]))
     SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                peft_config=peft_config).train()
+    shutil.rmtree(work / "trl_memory_out", ignore_errors=True)  # nothing is saved, but TRL makes the folder
 
 
 def measure(spec: dict, work: Path) -> dict:
