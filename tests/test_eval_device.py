@@ -10,7 +10,8 @@ from mixtune.cli import main
 from mixtune.config import PipelineConfig, load_config
 from mixtune.errors import ConfigError, MixtuneError
 from mixtune.eval import backends
-from mixtune.eval.backends import HFBackend, resolve_device, resolve_dtype
+from mixtune.eval.backends import HFBackend
+from mixtune.eval.devices import resolve_device, resolve_dtype
 from mixtune.model.tiny import make_test_model
 
 NO_CUDA = not torch.cuda.is_available()
