@@ -23,6 +23,7 @@ REQUIRED = {
     "efficiency": ("achieved_flops", "peak_flops", "share"),
     "stage1_ablation": ("variants",),
     "evaluation": ("samples_per_s",),
+    "memory": ("variants", "settings", "model"),
 }
 COMMON = ("command", "machine", "versions", "seeds", "date", "tier")
 

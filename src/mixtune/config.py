@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from mixtune.errors import ConfigError
 from mixtune.mixing import curriculum, heat, modulation
@@ -296,15 +305,51 @@ class GatesConfig(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+EVAL_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class EndpointConfig(Strict):
+    """An OpenAI-compatible server (vLLM, ``mixtune serve``, ...) that serves one evaluated model."""
+
+    url: str = Field(pattern=r"^https?://", description="base URL, with or without /v1")
+    model: str | None = Field(None, description="served model name (default: the one the server lists)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+
+
 class EvalConfig(Strict):
     models: list[Literal["base", "stage1", "stage2"]] = Field(default_factory=lambda: ["base", "stage1", "stage2"])
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(32, ge=1)
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = Field("auto", description="auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:N or mps; "
+                                            "also used by the shadow replay")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on CUDA (fp16 without bf16 support), fp32 on CPU")
+    backend: Literal["local", "openai"] = Field(
+        "local", description="local: load each model; openai: query eval.endpoints (e.g. vLLM) instead")
+    endpoints: dict[Literal["base", "stage1", "stage2"], EndpointConfig] = Field(
+        default_factory=dict, description="backend openai: one endpoint per evaluated model")
+    concurrency: int = Field(4, ge=1, description="backend openai: requests in flight per endpoint")
+    timeout: float = Field(120.0, gt=0, description="backend openai: seconds per request")
     samples_per_task: int = Field(20, ge=1)
     experience_per_task: int = Field(2, ge=0)
     experience: bool = True
     ifeval_zh_prompts: int = Field(0, ge=0, description="IFEval-zh prompts to include in the base layer")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not EVAL_DEVICE.match(v.strip().lower()):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {v!r})")
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _endpoints_cover_models(self) -> EvalConfig:
+        if self.backend == "openai":
+            missing = [m for m in self.models if m not in self.endpoints]
+            if missing:
+                raise ValueError(f"backend openai needs eval.endpoints for {', '.join(missing)} "
+                                 "(e.g. endpoints: {stage2: {url: http://127.0.0.1:8000/v1}})")
+        return self
 
 
 class RegistryConfig(Strict):

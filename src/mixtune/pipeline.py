@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from mixtune.data.build import build_dataset
 from mixtune.data.ingest import Source
 from mixtune.data.io import read_samples
 from mixtune.data.ontology import load_ontology
-from mixtune.errors import MixtuneError
-from mixtune.eval.backends import HFBackend
+from mixtune.errors import ConfigError, MixtuneError
+from mixtune.eval.backends import Backend, HFBackend, OpenAIBackend
 from mixtune.eval.runner import evaluate_model, write_matrix
 from mixtune.model.sources import PRESETS, resolve_model
 from mixtune.model.tiny import build_tiny_model
@@ -178,6 +179,22 @@ def step_stage2(cfg: PipelineConfig, rd: RunDir, samples: list, stage1_model: st
     return str(out / "model")
 
 
+def eval_backend(cfg: PipelineConfig, name: str, path: str) -> Backend:
+    """The backend evaluating model ``name``: its folder loaded on ``eval.device`` / ``eval.dtype``, or,
+    with ``eval.backend: openai``, the OpenAI-compatible endpoint configured for it (vLLM, ``mixtune serve``)."""
+    e = cfg.eval
+    if e.backend == "local":
+        return HFBackend(path, device=e.device, dtype=e.dtype, batch_size=e.batch_size)
+    ep = e.endpoints[name]
+    key = None
+    if ep.api_key_env:
+        key = os.environ.get(ep.api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {ep.api_key_env} is not set",
+                              where=f"eval.endpoints.{name}.api_key_env")
+    return OpenAIBackend(ep.url, api_key=key, model=ep.model, concurrency=e.concurrency, timeout=e.timeout)
+
+
 def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, str]) -> dict:
     fp = rd.fingerprint("eval", ("eval",), ("stage2",))
     out = rd.sub("eval")
@@ -191,11 +208,17 @@ def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, 
     records = {}
     for name in cfg.eval.models:
         path = out / f"{name}.jsonl"
-        backend = HFBackend(models[name], dtype=cfg.eval.dtype, batch_size=cfg.eval.batch_size)
-        records[name] = evaluate_model(backend, subset, onto, engine, model_name=name,
-                                       max_new_tokens=cfg.eval.max_new_tokens, experience=cfg.eval.experience,
-                                       experience_per_task=cfg.eval.experience_per_task, seed=cfg.seed,
-                                       out_path=path)
+        backend = eval_backend(cfg, name, models[name])
+        try:
+            records[name] = evaluate_model(backend, subset, onto, engine, model_name=name,
+                                           max_new_tokens=cfg.eval.max_new_tokens, experience=cfg.eval.experience,
+                                           experience_per_task=cfg.eval.experience_per_task, seed=cfg.seed,
+                                           out_path=path)
+        finally:
+            close = getattr(backend, "close", None)
+            if close:
+                close()
+            del backend  # a local model's weights (GPU memory) go before the next model loads
     write_matrix(records, out)
     rd.mark("eval", fp)
     return json.loads((out / "summary.json").read_text())

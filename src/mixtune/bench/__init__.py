@@ -35,6 +35,7 @@ SUITES: dict[str, Callable[[Context], dict]] = {
     "efficiency": _lazy("efficiency"),
     "stage1_ablation": _lazy("stage1_ablation"),
     "mixing": _lazy("mixing"),
+    "memory": _lazy("memory"),
     "demo": _lazy("demo"),
     "real_model": _lazy("real_model"),
 }

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run benchmark suites; each writes <out>/<suite>.json and BENCHMARKS.md is regenerated from all of them.
 
-        Suites: validation, trace, evaluation, gateway, reliability, throughput, efficiency, stage1_ablation, mixing, demo, real_model.
+        Suites: validation, trace, evaluation, gateway, reliability, throughput, efficiency, stage1_ablation, mixing, memory, demo, real_model.
         A suite whose component fails is recorded as "not measured: <reason>" and the command exits 1.
         """
         if examples is not None:

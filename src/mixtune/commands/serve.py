@@ -14,19 +14,20 @@ def serve_cmd(
     api_key: str | None = typer.Option(None, "--api-key", envvar="MIXTUNE_API_KEY",
                                        help="require 'Authorization: Bearer KEY' (env MIXTUNE_API_KEY)"),
     model_name: str | None = typer.Option(None, "--model-name", help="served model id (default: dir name)"),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps"),
-    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
+    device: str = typer.Option("auto", help="auto (CUDA when torch sees a GPU, else CPU), cpu, cuda, cuda:1, mps"),
+    dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"),
     max_batch: int = typer.Option(8, help="most concurrent requests merged into one generate call"),
     max_tokens_limit: int = typer.Option(4096, help="largest max_tokens a request may ask for"),
     max_body_bytes: int = typer.Option(1 << 20, help="larger request bodies are refused with 413"),
     shutdown_timeout: float = typer.Option(120.0, help="seconds SIGTERM waits for in-flight generations"),
 ) -> None:
-    """Serve MODEL on /v1/models and /v1/chat/completions (non-streaming) until Ctrl-C."""
+    """Serve MODEL on /v1/models and /v1/chat/completions (stream true or false) until Ctrl-C."""
     from mixtune.eval.backends import HFBackend
     from mixtune.release.serve import build_serve_app, counters_from_tokenizer
     from mixtune.release.server import serve_forever
 
-    backend = HFBackend(model, device=device, dtype=dtype, batch_size=max_batch)
+    backend = HFBackend(model, device=device, dtype=dtype, batch_size=max_batch, device_where="--device",
+                        dtype_where="--dtype")
     count_text, count_prompt = counters_from_tokenizer(backend.tokenizer)
     name = model_name or os.path.basename(os.path.normpath(model))
     app = build_serve_app(backend, model_name=name, api_key=api_key, max_batch=max_batch,

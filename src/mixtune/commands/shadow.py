@@ -47,7 +47,7 @@ def replay(
     temperature: float = typer.Option(0.0, help="sampling temperature (0 = greedy)"),
     batch_size: int = typer.Option(16, help="requests per generate call"),
     canary_share: float = typer.Option(0.0, help="route label recorded as the gateway would assign it"),
-    device: str = typer.Option("cpu", help="device for local models"),
+    device: str = typer.Option("auto", help="device for local models: auto (CUDA when present), cpu, cuda, cuda:N"),
 ) -> None:
     """Answer every logged request with champion and candidate and record both (resumable)."""
     from rich.progress import Progress

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 import httpx
 
 from mixtune.errors import CheckpointError, MixtuneError
+from mixtune.eval.devices import resolve_device, resolve_dtype
 
 Conversation = list[dict]
 
@@ -65,16 +66,19 @@ class HFBackend:
     from the right edge) and generated greedily when ``temperature == 0``, sampled otherwise.
     """
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", dtype: str = "fp32", batch_size: int = 32):
+    def __init__(self, path: str | Path, *, device: str = "cpu", dtype: str = "fp32", batch_size: int = 32,
+                 device_where: str = "eval.device", dtype_where: str = "eval.dtype"):
         import torch  # why: torch/transformers/peft load only with a local model (endpoint evals skip them)
 
-        if dtype not in ("fp32", "bf16", "fp16"):
-            raise MixtuneError(f"unknown dtype {dtype!r}; allowed: fp32, bf16, fp16", where="eval.dtype")
         if batch_size < 1:
             raise MixtuneError("batch_size must be >= 1", where="eval.batch_size")
+        # "auto" follows the accelerator; the *_where names say which setting a refusal is about.
+        device = resolve_device(device, where=device_where)
+        dtype = resolve_dtype(dtype, device, where=dtype_where)
         self.path = Path(path)
         self.name = self.path.name
         self.device = device
+        self.dtype = dtype
         self.batch_size = batch_size
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         self.is_adapter = (self.path / "adapter_config.json").is_file()
@@ -272,22 +276,40 @@ class OpenAIBackend:
 
     RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, model: str, concurrency: int = 4,
+    def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None, concurrency: int = 4,
                  timeout: float = 30, retries: int = 2, backoff: float = 0.5,
                  transport=None, sleep: Callable[[float], None] = time.sleep):
         if concurrency < 1:
             raise MixtuneError("concurrency must be >= 1", where="eval.concurrency")
         base = base_url.rstrip("/")
         # Accept both "http://host:port" and "http://host:port/v1".
-        self.url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
-        self.name = model
-        self.model = model
+        self.base = base if base.endswith("/v1") else base + "/v1"
+        self.url = self.base + "/chat/completions"
         self.concurrency = concurrency
         self.retries = retries
         self.backoff = backoff
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        # No model name: the one the server lists (a vLLM or `mixtune serve` serving a single model).
+        self.model = model or self._served_model()
+        self.name = self.model
+
+    def _served_model(self) -> str:
+        url = self.base + "/models"
+        try:
+            r = self._client.get(url)
+            ids = [m["id"] for m in r.json()["data"]] if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            raise MixtuneError(f"cannot list the served models ({type(e).__name__}: {e}); name the model",
+                               where=url) from None
+        if ids is None:
+            raise MixtuneError(f"cannot list the served models (HTTP {r.status_code}: {r.text[:200]}); "
+                               "name the model", where=url)
+        if len(ids) != 1:
+            raise MixtuneError(f"the server lists {len(ids)} models {ids[:5]}; name the one to evaluate",
+                               where=url)
+        return ids[0]
 
     def close(self) -> None:
         self._client.close()
@@ -336,11 +358,12 @@ class OpenAIBackend:
         raise MixtuneError(f"request failed after {self.retries + 1} attempts ({last})", where=self.url)
 
 
-def load_backend(spec: str, *, device: str = "cpu", dtype: str = "fp32", batch_size: int = 32,
+def load_backend(spec: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 32,
                  api_key: str | None = None, model: str | None = None) -> Backend:
     """A backend from a string: an ``http(s)://`` URL → :class:`OpenAIBackend`, else a model dir."""
     if spec.startswith(("http://", "https://")):
         if not model:
             raise MixtuneError("an endpoint URL needs a served model name (--served-model)", where=spec)
         return OpenAIBackend(spec, api_key=api_key, model=model)
-    return HFBackend(spec, device=device, dtype=dtype, batch_size=batch_size)
+    return HFBackend(spec, device=device, dtype=dtype, batch_size=batch_size, device_where="--device",
+                     dtype_where="--dtype")

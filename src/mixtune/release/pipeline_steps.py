@@ -80,7 +80,7 @@ def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_pat
             thresholds=StepThresholds(**ro.analysis.model_dump(), n_boot=cfg.gates.bootstrap_samples,
                                       confidence=cfg.gates.confidence, seed=cfg.seed),
             startup_timeout=ro.startup_timeout, shutdown_timeout=ro.shutdown_timeout,
-            canary_timeout=ro.canary_timeout, dtype=cfg.eval.dtype, seed=cfg.seed, on_progress=console.print)
+            canary_timeout=ro.canary_timeout, dtype=cfg.eval.dtype, device=cfg.eval.device, seed=cfg.seed, on_progress=console.print)
         steps, decision = gate_decisions(res, {"model_id": model_id, "traffic_source": source})
         for d in [*steps, decision]:
             append_decision(rd.path / "gates.jsonl", d)
@@ -107,9 +107,10 @@ def canary_decision(cfg: PipelineConfig, rd: RunDir, model_id: int, champion_pat
     if db.exists():
         db.unlink()  # the canary of an earlier attempt compared another candidate
     store = ShadowStore(f"sqlite:///{db}")
-    dtype = cfg.eval.dtype
-    replay_traffic(traffic, HFBackend(champion_path, dtype=dtype, batch_size=cfg.eval.batch_size),
-                   HFBackend(str(rd.path / "stage2" / "model"), dtype=dtype, batch_size=cfg.eval.batch_size),
+    dtype, device = cfg.eval.dtype, cfg.eval.device  # "auto" follows the accelerator, as the eval does
+    replay_traffic(traffic, HFBackend(champion_path, device=device, dtype=dtype, batch_size=cfg.eval.batch_size),
+                   HFBackend(str(rd.path / "stage2" / "model"), device=device, dtype=dtype,
+                             batch_size=cfg.eval.batch_size),
                    store, mask=mask_pii, max_new_tokens=c.max_new_tokens, batch_size=cfg.eval.batch_size)
     engine = RuleEngine(RuleSet.load(cfg.resolve(cfg.data.rules)))
     decision = canary_report(store, rule_score=lambda prompt, answer: engine.compliance(answer, input_text=prompt),

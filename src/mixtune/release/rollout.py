@@ -169,7 +169,7 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
                 steps: list[float], requests_per_step: int, sessions_per_step: int, session_turns: int,
                 feedback_noise: float, max_new_tokens: int, concurrency: int, thresholds: StepThresholds,
                 startup_timeout: float = 180.0, shutdown_timeout: float = 15.0, canary_timeout: float = 20.0,
-                dtype: str = "fp32", seed: int = 0,
+                dtype: str = "fp32", device: str = "auto", seed: int = 0,
                 on_progress: Callable[[str], None] = lambda m: None,
                 fault: Callable[[int, dict[str, ManagedProcess]], None] | None = None) -> RolloutResult:
     """Run the staged rollout (see the module docstring); ``fault(step, processes)`` is a test hook
@@ -187,7 +187,8 @@ def run_rollout(champion_path: str, candidate_path: str, *, traffic: list[Sample
     result = RolloutResult("inconclusive", "")
     try:
         for name, path in (("champion", champion_path), ("candidate", candidate_path)):
-            procs[name] = ManagedProcess(name, ["serve", str(path), "--model-name", name, "--dtype", dtype],
+            procs[name] = ManagedProcess(name, ["serve", str(path), "--model-name", name, "--dtype", dtype,
+                                                "--device", device],
                                          out_dir / f"{name}.log", {"MIXTUNE_API_KEY": up_key})
         procs["champion"].wait_ready(startup_timeout)  # no champion: an infrastructure error, not a verdict
         try:
