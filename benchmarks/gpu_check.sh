@@ -4,7 +4,8 @@
 #      max_len, precision), peak RSS, achieved FLOP/s vs the measured bf16 matmul peak and vs the
 #      card's datasheet dense bf16 peak (MFU), batched generation tokens/s;
 #   2. a short end-to-end `mixtune run` of examples/finance_risk/pipeline_smollm2.yaml;
-#   3. a markdown summary (card name, numbers, commands) for BENCHMARKS.md.
+#   3. a markdown summary (card name, numbers, commands) for BENCHMARKS.md;
+#   4. stage-1 smokes: 2-process DeepSpeed ZeRO-2 and FSDP (where 2 GPUs exist), QLoRA (bitsandbytes).
 # Results: $OUT (default benchmarks/results/gpu_check): real_model_lora.json, real_model_full.json,
 # summary.md; the end-to-end run goes to runs/gpu_check ($OUT/runs/gpu_check with --dry-run).
 #
@@ -49,6 +50,7 @@ echo "  1. $PY -m mixtune.bench.real_model --tier $TIER --finetune lora --steps 
 echo "  2. $PY -m mixtune.bench.real_model --tier $TIER --finetune full --steps $STEPS --batch-size $BATCH --max-len $MAXLEN --out $OUT/real_model_full.json"
 echo "  3. $PY -m mixtune run --fresh ${RUN_ARGS[*]}"
 echo "  4. summary -> $OUT/summary.md"
+echo "  5. stage-1 smokes: deepspeed_zero2 and fsdp with 2 processes (needs 2 GPUs), QLoRA (needs bitsandbytes)"
 
 if (( DRY )); then
   "$PY" -c "from mixtune.model.tiny_gguf import write_tiny_gguf; write_tiny_gguf('$OUT/tiny.gguf')"
@@ -66,6 +68,29 @@ for FT in lora full; do
 done
 "$PY" -m mixtune run --fresh "${RUN_ARGS[@]}"
 echo "step done: mixtune run ($(( $(date +%s) - START )) s)"
+
+# 5. Distributed and quantised smokes (issue 16): stage 1 for a few steps under 2-process DeepSpeed
+#    ZeRO-2 and FSDP where 2 GPUs exist, and QLoRA where bitsandbytes is installed. The engine owns
+#    clipping under DeepSpeed, so the clip policy is constant there (decay/zclip are refused).
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+SMOKE=("${RUN_ARGS[@]}" stage1.steps=4 stage1.eval_every=4 stage1.checkpoint_every=4)
+for PROFILE in deepspeed_zero2 fsdp; do
+  ARGS=("${SMOKE[@]}" "name=gpu_check_$PROFILE" "stage1.launcher.profile=$PROFILE" stage1.launcher.num_processes=2
+        stage1.clip.policy=constant stage1.consistency.enabled=false stage1.adversarial.enabled=false)
+  if (( NGPU >= 2 )); then
+    "$PY" -m mixtune run --fresh "${ARGS[@]}" --until stage1
+    echo "step done: $PROFILE smoke ($(( $(date +%s) - START )) s)"
+  else
+    "$PY" -m mixtune config "${ARGS[@]}" > /dev/null   # the overrides are valid; the launch needs 2 GPUs
+    echo "step skipped: $PROFILE smoke needs 2 GPUs ($NGPU visible); its config validates"
+  fi
+done
+if (( ! DRY )) && "$PY" -c "import bitsandbytes" 2>/dev/null; then
+  "$PY" -m mixtune run --fresh "${SMOKE[@]}" name=gpu_check_qlora model.quantization.bits=4 --until stage1
+  echo "step done: QLoRA smoke ($(( $(date +%s) - START )) s)"
+else
+  echo "step skipped: QLoRA smoke (needs CUDA and pip install -e '.[qlora]')"
+fi
 
 "$PY" - "$OUT" "$(( $(date +%s) - START ))" "$RUNS/gpu_check" <<'EOF'
 import datetime, json, sys
