@@ -1,4 +1,5 @@
-"""One JSON-lines reader for every user-supplied ``.jsonl`` file (eval records, traffic, IFEval).
+"""One JSON-lines reader for every user-supplied ``.jsonl`` file (eval records, traffic, IFEval),
+and the one streaming file hash (checkpoint manifests, registry weight digests, export checksums).
 
 A missing file, invalid UTF-8, malformed JSON or a line that is not an object raises
 :class:`DataError` naming the file and line, so each caller gets the same clear error.
@@ -6,6 +7,7 @@ A missing file, invalid UTF-8, malformed JSON or a line that is not an object ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -35,3 +37,12 @@ def read_jsonl_objects(path: str | Path, what: str = "file") -> list[tuple[int, 
                 raise DataError("each line must be a JSON object", where=f"{p}:{lineno}")
             rows.append((lineno, obj))
     return rows
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (model weights do not fit comfortably in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

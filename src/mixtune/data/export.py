@@ -18,7 +18,6 @@ Files (``<name>`` is ``mixtune_<split>``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from mixtune.data.io import iter_samples, write_json, write_jsonl
 from mixtune.data.review import ReviewQueue
 from mixtune.data.schema import Sample
 from mixtune.errors import DataError
+from mixtune.jsonl import sha256_file
 
 FORMATS = ("llamafactory", "axolotl", "sharegpt", "alpaca")
 SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -124,13 +124,6 @@ def select(samples_path: Path, split: str, include_pending: bool) -> tuple[list[
     return ok, excluded
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def export_dataset(data: str | Path, fmt: str, out_dir: str | Path, *, split: str = "train",
                    include_pending: bool = False) -> ExportResult:
@@ -174,6 +167,6 @@ def export_dataset(data: str | Path, fmt: str, out_dir: str | Path, *, split: st
     versions = sorted({s.dataset_version for s in chosen if s.dataset_version})
     manifest = {"format": fmt, "split": split, "source": str(src), "dataset_version": versions,
                 "exported": res.exported, "excluded": res.excluded, "include_pending": include_pending,
-                "files": {p.name: _sha256(p) for p in res.files}}
+                "files": {p.name: sha256_file(p) for p in res.files}}
     res.files.append(write_json(manifest, out / "export_manifest.json"))
     return res

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from mixtune.errors import ConfigError
+from mixtune.jsonl import sha256_file
 
 GENESIS = "0" * 64
 KEY_ENV = "MIXTUNE_REGISTRY_KEY"
@@ -37,13 +38,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5
 WEIGHT_NAMES = ("adapter_config.json",)  # changes what an adapter does, so it is part of "the weights"
 APPEND_ONLY = "audit_log is append-only"
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_digest(path: str | Path) -> str:
@@ -62,7 +56,7 @@ def weights_digest(path: str | Path) -> str:
     h = hashlib.sha256()
     for f in files:
         rel = f.name if f == root else f.relative_to(root).as_posix()
-        h.update(f"{rel}\0{_file_sha256(f)}\n".encode())
+        h.update(f"{rel}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
 

@@ -10,7 +10,6 @@ back to the newest good one.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import random
@@ -26,17 +25,11 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from mixtune.errors import CheckpointError
+from mixtune.jsonl import sha256_file
 
 console = Console(stderr=True)
 MANIFEST = "manifest.json"
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,7 +69,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sta
     if extra_tensors is not None:  # e.g. stage 2's style-gradient EMA buffers
         torch.save(extra_tensors, tmp / "extra.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "rng": rng_state(), **state}))
-    manifest = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir())}
+    manifest = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for p in tmp.iterdir():  # flush before the rename makes the checkpoint visible
         with open(p, "rb") as f:
@@ -137,7 +130,7 @@ def verify_checkpoint(path: Path) -> None:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"missing file {name}", where=str(path))
-        if f.stat().st_size != size or _sha256(f) != digest:
+        if f.stat().st_size != size or sha256_file(f) != digest:
             raise CheckpointError(f"{name} is truncated or corrupt (checksum mismatch)", where=str(path))
 
 
