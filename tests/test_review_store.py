@@ -182,7 +182,7 @@ _WORKER = textwrap.dedent("""
     s = ReviewStore(url, prefix=prefix)
     for i in range(int(sys.argv[4])):
         s.add_verdict(f"calc_lcr-m1-{i}", me, "approve")
-        s.add_verdict(f"calc_lcr-m1-{i}", "shared", "approve", idem_key=f"k{i}")  # same submit from both
+        s.add_verdict(f"calc_lcr-m1-{i}", "twice", "approve", idem_key=f"k{i}")  # same submit from both
     print("ok")
 """)
 
@@ -200,7 +200,7 @@ def test_concurrent_reviewers_in_two_processes(store, tmp_path):
     for v in rows:
         by.setdefault(v.reviewer, []).append(v.item_id)
     assert len(by["alice"]) == n and len(by["bob"]) == n
-    assert sorted(by["shared"]) == sorted(set(by["shared"])) and len(by["shared"]) == n  # no duplicate
+    assert sorted(by["twice"]) == sorted(set(by["twice"])) and len(by["twice"]) == n  # no duplicate
     assert all(s.state == "decided" for s in states(store).values())
 
 
