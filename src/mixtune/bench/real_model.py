@@ -18,6 +18,7 @@ The quick tier runs the same code on a tiny GGUF written on the spot (no package
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from mixtune.bench import fixtures as F
+from mixtune.bench import fixtures
 from mixtune.bench.harness import Context, row
 
 WARM = 2
@@ -103,8 +104,8 @@ class PeakRSS:
 
 
 def train_config(finetune: str, sz: dict, seed: int, precision: str = "bf16"):
-    cfg = F.demo_config()
-    return F.with_updates(cfg, {**ALL_OFF, "seed": seed, "model.finetune": finetune, "model.lora.r": 16,
+    cfg = fixtures.demo_config()
+    return fixtures.with_updates(cfg, {**ALL_OFF, "seed": seed, "model.finetune": finetune, "model.lora.r": 16,
                                 "model.lora.alpha": 32, "model.lora.dropout": 0.0,
                                 "stage1.batch_size": sz["batch_size"], "stage1.max_len": sz["max_len"],
                                 "stage1.precision": precision, "stage1.eval_every": 10_000,
@@ -125,8 +126,11 @@ def mixtune_train(cfg, samples: list, model: str, work: Path, steps: int) -> dic
             "mean_seq_len": tokens / max(1, len(recs)) / cfg.stage1.batch_size}
 
 
-def trl_train(cfg, samples: list, model_path: str, work: Path, steps: int) -> dict:
-    """The same steps with ``trl.SFTTrainer`` (same LoRA config when LoRA; completion-only loss)."""
+def trl_train(cfg, samples: list, model_path: str, work: Path, steps: int, *, peak_rss: bool = True) -> dict:
+    """The same steps with ``trl.SFTTrainer`` (same LoRA config when LoRA; completion-only loss).
+
+    ``peak_rss=False`` skips the RSS sampler, for comparisons whose mixtune side runs without one.
+    """
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -166,7 +170,7 @@ def trl_train(cfg, samples: list, model_path: str, work: Path, steps: int) -> di
                      completion_only_loss=True, gradient_checkpointing=False, report_to="none", save_strategy="no",
                      logging_steps=10_000, disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed,
                      data_seed=cfg.seed)
-    with PeakRSS() as mem:
+    with PeakRSS() if peak_rss else contextlib.nullcontext() as mem:
         tok = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         trainer = CountingTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -174,8 +178,8 @@ def trl_train(cfg, samples: list, model_path: str, work: Path, steps: int) -> di
         trainer.train()
     shutil.rmtree(work / "trl_rm_out", ignore_errors=True)
     times, toks = timing["times"][WARM:], timing["tokens"][WARM:]
-    return {"tokens_per_s": sum(toks) / sum(times), "tokens": sum(toks), "seconds": sum(times),
-            "peak_rss_mib": mem.peak}
+    out = {"tokens_per_s": sum(toks) / sum(times), "tokens": sum(toks), "seconds": sum(times)}
+    return {**out, "peak_rss_mib": mem.peak} if peak_rss else out
 
 
 def matmul_peak_bf16(n: int | None = None, reps: int = 5) -> float:
@@ -265,7 +269,7 @@ def measure(tier: str, work: Path, seed: int, finetune: str = "lora", precision:
     sz = sz or sizes(tier)
     model = model or model_path(tier, work)
     cfg = train_config(finetune, sz, seed, precision)
-    samples, source = F.load_dataset(work, n_per_task=sz["n_per_task"], seed=seed, cfg=cfg)
+    samples, source = fixtures.load_dataset(work, n_per_task=sz["n_per_task"], seed=seed, cfg=cfg)
     stage1 = [s for s in samples if s.stage == 1]
     log(f"  real_model: mixtune {finetune} ({sz['steps']} steps)")
     mt = mixtune_train(cfg, stage1, model, work, sz["steps"])

@@ -17,11 +17,9 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
 from mixtune.bench import fixtures
 from mixtune.bench.harness import Context, row, summarize
+from mixtune.bench.real_model import trl_train  # the same SFTTrainer baseline as the real-model suite
 from mixtune.train.stage1 import train_stage1
 
 WARM = 2
@@ -66,49 +64,6 @@ def mixtune_run(cfg, samples: list, model: str, work: Path, steps: int) -> dict:
     return {"tokens_per_s": tokens / secs, "tokens": tokens, "seconds": secs, "mean_seq_len": seq}
 
 
-def trl_run(cfg, samples: list, model_path: str, work: Path, steps: int) -> dict:
-    """The same training with ``trl.SFTTrainer`` (prompt-completion data → completion-only loss)."""
-    # why: trl (and datasets through it) is the optional `bench` extra; only this baseline needs it
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    st = cfg.stage1
-    clean = [s for s in samples if s.split == "train" and not s.parent_id]
-    rows = [{"prompt": [m.model_dump() for m in s.messages if m.role != "assistant"],
-             "completion": [m.model_dump() for m in s.messages if m.role == "assistant"]} for s in clean]
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    timing = {"t0": 0.0, "times": [], "tokens": [], "cur": 0}
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            timing["cur"] = 0
-            timing["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            timing["times"].append(time.perf_counter() - timing["t0"])
-            timing["tokens"].append(timing["cur"])
-
-    class CountingTrainer(SFTTrainer):
-        def training_step(self, model, inputs, *a, **kw):
-            am = inputs.get("attention_mask")
-            timing["cur"] += int(am.sum()) if am is not None and am.dim() == 2 else int(inputs["input_ids"].numel())
-            return super().training_step(model, inputs, *a, **kw)
-
-    args = SFTConfig(output_dir=str(work / "trl_out"), max_steps=steps, per_device_train_batch_size=st.batch_size,
-                     gradient_accumulation_steps=1, learning_rate=st.lr, warmup_steps=0, lr_scheduler_type="cosine",
-                     weight_decay=st.weight_decay, adam_beta2=0.95, max_grad_norm=1e9, bf16=st.precision == "bf16",
-                     use_cpu=True, max_length=st.max_len, packing=st.packing, completion_only_loss=True,
-                     gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=10_000,
-                     disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed, data_seed=cfg.seed)
-    trainer = CountingTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                              callbacks=[Clock()])
-    trainer.train()
-    shutil.rmtree(work / "trl_out", ignore_errors=True)
-    times, toks = timing["times"][WARM:], timing["tokens"][WARM:]
-    return {"tokens_per_s": sum(toks) / sum(times), "tokens": sum(toks), "seconds": sum(times)}
-
-
 def run(ctx: Context) -> dict:
     sz, base, stage1, model, source = setup(ctx)
     variants = {"all_off": base, **{k: fixtures.with_updates(base, v) for k, v in MECHANISMS.items()}}
@@ -121,7 +76,7 @@ def run(ctx: Context) -> dict:
         # and all-off stay adjacent in time (their per-repetition ratio is the headline number).
         for name in (order if rep % 2 == 0 else order[::-1]):
             if name == "trl":
-                tps["trl"].append(trl_run(base, stage1, model, ctx.work, sz["steps"])["tokens_per_s"])
+                tps["trl"].append(trl_train(base, stage1, model, ctx.work, sz["steps"], peak_rss=False)["tokens_per_s"])
                 continue
             r = mixtune_run(variants[name], stage1, model, ctx.work, sz["steps"])
             tps[name].append(r["tokens_per_s"])
