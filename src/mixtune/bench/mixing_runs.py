@@ -29,7 +29,8 @@ from mixtune.train.stage2 import train_stage2
 
 # Order matters only for ties of the strongest baseline: uniform (stratified, the Aioli reference) first.
 BASELINES = ("uniform", "natural", "temperature", "static", "dbl", "exp3")
-DEFAULT = "mixtune"
+REFERENCE = "mixtune"  # the design's controller: heat + curriculum + modulation
+DEFAULT = "mixtune"  # what the demo ships (chosen on the tuning half; see BENCHMARKS.md)
 _OFF = {"stage2.curriculum.enabled": False, "stage2.modulation.enabled": False}
 _ON = {"stage2.mixing.method": "heat", "stage2.curriculum.enabled": True, "stage2.modulation.enabled": True}
 METHODS: dict[str, dict] = {
