@@ -57,7 +57,7 @@ def migrate_review_log(cfg: PipelineConfig) -> None:
         store = review_store(cfg)
         rs = ReviewStore(store)
         try:
-            console.print(migrate_message(import_legacy_log(rs, log), log, store), highlight=False)
+            console.print(migrate_message(import_legacy_log(rs, log), log, store), highlight=False, soft_wrap=True)
         finally:
             rs.close()
 

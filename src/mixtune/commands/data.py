@@ -97,7 +97,7 @@ def build(
     store = ReviewStore(review_store)
     if (out / LEGACY_LOG).is_file():  # decisions of the old review queue move into the store once
         c.print(migrate_message(import_legacy_log(store, out / LEGACY_LOG), out / LEGACY_LOG, review_store),
-                highlight=False)
+                highlight=False, soft_wrap=True)
     res = build_dataset(ontology, rules, out, n_per_task=n_per_task, defect_rate=defect_rate,
                         val_fraction=val_fraction, test_fraction=test_fraction, perturb_fraction=perturb_fraction,
                         seed=seed, sources=source, require_review=require_review, reviewer=reviewer or None,
@@ -107,7 +107,8 @@ def build(
     for k, v in res.counts.items():
         if not isinstance(v, dict):
             c.print(f"  {k}: {v}", highlight=False)
-    c.print(f"wrote {out}; {queued} new sample(s) in the data queue of {review_store}", highlight=False)
+    c.print(f"wrote {out}; {queued} new sample(s) in the data queue of {review_store}", highlight=False,
+            soft_wrap=True)
 
 
 @data_app.command("validate")

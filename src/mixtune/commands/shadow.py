@@ -179,7 +179,8 @@ def report(
     from mixtune.review.pairs import pair_verdicts
 
     verdicts: dict[str, str] = {}
-    if "://" in store or Path(store).is_file():
+    # no store yet means no expert verdicts — unless an older log still holds some to move there
+    if "://" in store or Path(store).is_file() or ShadowStore(db).legacy_reviews():
         _, rs, tag, _ = _pairs_setup(db, store, None)
         verdicts = {k: v["verdict"] for k, v in pair_verdicts(rs, tag, required=required).items()}
 

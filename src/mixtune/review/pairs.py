@@ -105,8 +105,7 @@ def enqueue_pairs(store: ReviewStore, records: Iterable[dict], *, tag: str, seed
         if store.enqueue(iid, "pair", task, family=(families or {}).get(task, task), prompt=_prompt(r.get("prompt")),
                          output=r.get(f"{first}_answer") or "", reference=r.get(f"{_other(first)}_answer") or "",
                          data_version=f"shadow-{tag}",
-                         meta={"request_id": rid, "shadow": tag, "routed_to": r.get("routed_to") or "",
-                               "a_is": first}):
+                         meta={"request_id": rid, "shadow": tag, "a_is": first}):
             new.append(iid)
     return new
 
