@@ -58,7 +58,11 @@ def test_pairs_are_blind_in_the_web_api_and_the_order_is_seeded(store):
     assert {"candidate", "champion"} == set(orders)  # both orders occur: position says nothing
     reg = Reviewers.from_data({"reviewers": [reviewers_file_entry("alice", "tok-alice-0123456789", ["*"])]})
     with TestClient(create_app(store, reg)) as c:
-        r = c.get("/api/next?queue=pair", headers={"Authorization": "Bearer tok-alice-0123456789"})
+        auth = {"Authorization": "Bearer tok-alice-0123456789"}
+        r = c.get("/api/next?queue=pair", headers=auth)
+        page = c.get("/queue/pair", headers=auth).text
+    assert page.index("Answer A") < page.index("Answer B") and "btn-tie" in page
+    assert "champion" not in page and "candidate" not in page
     body = r.json()
     assert r.status_code == 200 and body["item"]["kind"] == "pair" and body["verdicts"] == ["a", "b", "tie"]
     assert "a_is" not in body["item"]["meta"] and "champion" not in json.dumps(body)

@@ -22,6 +22,17 @@ STORE_HELP = "review store: SQLite path (WAL) or SQLAlchemy URL; a run's is runs
 KIND_HELP = "item kinds: sample (training data), output (model outputs), pair (shadow A/B); repeatable"
 
 
+def _open(store: str, *, create: bool = False):
+    """The review store at ``store``; a missing SQLite file is an error unless this command creates one."""
+    from mixtune.errors import DataError
+    from mixtune.review.store import ReviewStore  # why: fast --help (sqlalchemy)
+
+    if not create and "://" not in store and not Path(store).is_file():
+        raise DataError("no review store here (builds, `mixtune shadow sample` and `mixtune review serve` "
+                        "create one; a run's is runs/review.db)", where=store)
+    return ReviewStore(store)
+
+
 def _enqueue_dataset(store, dataset: Path) -> int:
     """Put a dataset directory's samples awaiting review in the data queue (builds do this themselves)."""
     from mixtune.data.io import read_samples  # why: fast --help (pyarrow)
@@ -53,12 +64,12 @@ def export(
 ) -> None:
     """Export items awaiting review (pending, in review, disputed) from the review store."""
     from mixtune.review.exchange import export_store  # why: fast --help (sqlalchemy)
-    from mixtune.review.store import KINDS, ReviewStore
+    from mixtune.review.store import KINDS
 
     bad = [k for k in kind if k not in KINDS]
     if bad:
         raise ConfigError(f"unknown item kind(s) {bad}; allowed: {list(KINDS)}", where="--kind")
-    rs = ReviewStore(store)
+    rs = _open(store, create=dataset is not None)
     if dataset is not None:
         typer.echo(f"queued {_enqueue_dataset(rs, dataset)} new sample(s) from {dataset}")
     n = export_store(rs, fmt, out, kinds=tuple(kind), open_only=not all_items, tasks=set(task), limit=limit)
@@ -79,12 +90,12 @@ def import_(
     """Append verdicts to the store; refused records are listed with file:line (exit 1 when any was refused
     or the file was torn — the accepted ones are kept either way)."""
     from mixtune.review.exchange import import_verdicts  # why: fast --help (sqlalchemy)
-    from mixtune.review.store import ReviewStore
 
     if not path.is_file():
         raise ConfigError("review file not found", where=str(path))
-    rs = ReviewStore(store)
-    if path.name.startswith("review_log.jsonl"):
+    legacy = path.name.startswith("review_log.jsonl")
+    rs = _open(store, create=legacy)  # verdicts need their items: only the old log brings its own
+    if legacy:
         from mixtune.review.samples import import_legacy_log, migrate_message
 
         res = import_legacy_log(rs, path)
