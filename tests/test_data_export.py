@@ -13,8 +13,8 @@ from mixtune.data.build import build_dataset
 from mixtune.data.export import export_dataset
 from mixtune.data.io import read_samples
 from mixtune.data.lineage import trace_item
-from mixtune.data.review import ReviewQueue
 from mixtune.errors import DataError
+from mixtune.review import Reviewer, Reviewers, ReviewStore, enqueue_samples, sample_decisions, submit
 
 EX = Path(__file__).resolve().parents[1] / "examples" / "finance_risk"
 FROM_SHAREGPT = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -39,11 +39,15 @@ def dataset(tmp_path_factory):
     ingested = [s for s in samples.values() if s.source_type == "alpaca" and s.split == "train"
                 and not s.parent_id]
     assert len(ingested) >= 2, "fixture needs two ingested train samples"
-    q = ReviewQueue(ds / "review_log.jsonl")  # an expert rejects one after the build
-    q.add([ingested[0]])
-    q.decide(ingested[0].id, "rejected", reviewer_id="dora", qualification="expert")
+    store = ReviewStore(root / "review.db")  # two experts reject one after the build (dual validation)
+    enqueue_samples(store, [ingested[0]])
+    reg = Reviewers([Reviewer("dora", "0" * 64, ("*",)), Reviewer("emil", "1" * 64, ("*",))])
+    for who in ("dora", "emil"):
+        submit(store, reg, reg.by_id[who], ingested[0].id, "reject", reason="答非所问")
     samples[ingested[0].id].review_status = "rejected"
-    return ds, samples, ingested[0].id
+    decisions = sample_decisions(store)
+    store.close()
+    return ds, samples, ingested[0].id, decisions
 
 
 def _load(path: Path, cache: Path) -> list[dict]:
@@ -66,8 +70,8 @@ def _messages_from(fmt: str, rec: dict) -> list[dict]:
 
 @pytest.mark.parametrize("fmt", ["llamafactory", "axolotl", "sharegpt", "alpaca"])
 def test_export_round_trips_through_datasets(tmp_path, dataset, fmt):
-    ds, samples, _ = dataset
-    res = export_dataset(ds, fmt, tmp_path / fmt)
+    ds, samples, _, decisions = dataset
+    res = export_dataset(ds, fmt, tmp_path / fmt, review_decisions=decisions)
     want = {sid for sid, s in samples.items() if s.split == "train" and s.review_status == "approved"}
     data_file = tmp_path / fmt / "mixtune_train.jsonl"
     if fmt == "llamafactory":
@@ -96,30 +100,29 @@ def test_export_round_trips_through_datasets(tmp_path, dataset, fmt):
 
 
 def test_exported_ids_trace_back_through_lineage(tmp_path, dataset):
-    ds, samples, _ = dataset
-    export_dataset(ds, "sharegpt", tmp_path / "x")
+    ds, samples, _, decisions = dataset
+    export_dataset(ds, "sharegpt", tmp_path / "x", review_decisions=decisions)
     rec = json.loads((tmp_path / "x" / "mixtune_train.jsonl").read_text(encoding="utf-8").splitlines()[0])
     traced = trace_item(ds, rec["id"])
     assert traced["rows"] and traced["rows"][0]["task_id"] == samples[rec["id"]].task_id
 
 
 def test_include_pending_adds_unreviewed_but_never_rejected(tmp_path, dataset):
-    ds, samples, rejected = dataset
-    res = export_dataset(ds, "axolotl", tmp_path / "p", include_pending=True)
+    ds, samples, rejected, decisions = dataset
+    res = export_dataset(ds, "axolotl", tmp_path / "p", include_pending=True, review_decisions=decisions)
     ids = {json.loads(x)["id"] for x in (tmp_path / "p" / "mixtune_train.jsonl").read_text().splitlines()}
     pending = {sid for sid, s in samples.items() if s.split == "train" and s.review_status == "pending"}
     assert pending and pending <= ids and rejected not in ids and res.excluded == {"review:rejected": 1}
 
 
 def test_cli_export_from_a_run_dir_and_clear_errors(tmp_path, dataset, capsys):
-    ds, samples, _ = dataset
+    ds, samples, _, _ = dataset
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
-    for f in ("samples.parquet", "review_log.jsonl"):
-        (run / "data" / f).write_bytes((ds / f).read_bytes())
+    (run / "data" / "samples.parquet").write_bytes((ds / "samples.parquet").read_bytes())
     with pytest.raises(SystemExit) as e:
         main(["data", "export", "--data", str(run), "--format", "alpaca", "--out", str(tmp_path / "o"),
-              "--split", "val"])
+              "--split", "val", "--review-store", str(ds.parent / "review.db")])
     assert (e.value.code or 0) == 0
     n_val = sum(s.split == "val" and s.review_status == "approved" for s in samples.values())
     assert f"exported {n_val} val samples" in capsys.readouterr().out
@@ -132,7 +135,7 @@ def test_cli_export_from_a_run_dir_and_clear_errors(tmp_path, dataset, capsys):
 
 
 def test_unvalidated_or_rule_failing_samples_never_leave(tmp_path, dataset):
-    ds, samples, _ = dataset
+    ds, samples, _, _ = dataset
     from mixtune.data.io import write_samples
 
     train = [s.model_copy() for s in samples.values() if s.split == "train" and s.review_status == "approved"][:3]

@@ -1,4 +1,4 @@
-"""Expert review reaches training: live rejection in stage 2, the review store, --fresh, fingerprints."""
+"""Live rejection in stage 2 through the review store (decisions on training data: test_review_training.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from mixtune.config import PipelineConfig
 from mixtune.model.tiny import make_test_model
 from mixtune.review import LiveRejection, ReviewStore
-from mixtune.rundir import REVIEW_LOG, RunDir
 from mixtune.train.stage2 import train_stage2
 
 pytestmark = pytest.mark.integration
@@ -69,25 +68,3 @@ def test_simulated_reviewer_answers_through_the_store(tmp_path):
     counts = [r["rejection_verdicts"]["calc_lcr"] for r in log]
     assert counts == [2, 4, 6]  # the window fills: the shrunk rate moves with every cycle
     assert len({round(r["rejection"]["calc_lcr"], 6) for r in log}) > 1
-
-
-def test_fresh_keeps_expert_decisions(tmp_path):
-    cfg = PipelineConfig.model_validate({"output_dir": str(tmp_path), "name": "r"})
-    rd = RunDir(cfg)
-    (rd.path / REVIEW_LOG).parent.mkdir(parents=True)
-    (rd.path / REVIEW_LOG).write_text('{"sample_id": "a", "to": "approved"}\n')
-    (rd.path / "stage1").mkdir()
-    rd2 = RunDir(cfg, fresh=True)
-    assert not (rd2.path / "stage1").exists()
-    assert (rd2.path / REVIEW_LOG).read_text() == '{"sample_id": "a", "to": "approved"}\n'
-
-
-def test_a_new_review_decision_changes_the_data_fingerprint(tmp_path):
-    from mixtune.pipeline import review_log_digest
-
-    log = tmp_path / "review_log.jsonl"
-    empty = review_log_digest(log)
-    log.write_text('{"sample_id": "a", "to": "approved"}\n')
-    one = review_log_digest(log)
-    log.write_text(log.read_text() + '{"sample_id": "b", "to": "rejected"}\n')
-    assert len({empty, one, review_log_digest(log)}) == 3

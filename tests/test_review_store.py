@@ -206,7 +206,7 @@ def test_concurrent_reviewers_in_two_processes(store, tmp_path):
 
 def test_samples_enter_the_data_queue_and_decisions_name_both_reviewers(store):
     from mixtune.data.schema import Message, Sample
-    from mixtune.review.exchange import enqueue_samples, sample_decisions
+    from mixtune.review.samples import enqueue_samples, sample_decisions
 
     answer = "LCR = 125.00%，保证收益"
     good = Sample(task_id="calc_lcr", family="calc", messages=[Message(role="user", content="算 LCR"),
@@ -229,4 +229,4 @@ def test_samples_enter_the_data_queue_and_decisions_name_both_reviewers(store):
     submit(store, reg, reg.by_id["alice"], other.id, "needs_fix", reason="算术错误")
     got = sample_decisions(store)
     assert list(got) == [good.id]
-    assert got[good.id]["decision"] == "approve" and got[good.id]["reviewers"] == ["alice", "bob"]
+    assert got[good.id].decision == "approve" and got[good.id].reviewers == ("alice", "bob")

@@ -1,8 +1,7 @@
-"""Offline replay, blind review round trip and the canary A/B report (CLI exit codes)."""
+"""Offline replay and the canary A/B report (CLI exit codes); blind expert review: test_review_pairs.py."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from typer.testing import CliRunner
 
 from mixtune.cli import app
 from mixtune.release.gateway import default_masker
-from mixtune.release.review_pairs import export_review, import_verdicts, stratified_sample
 from mixtune.release.shadow import canary_report, judge_pairs, load_traffic, replay_traffic
 from mixtune.release.store import ShadowStore
 
@@ -136,60 +134,3 @@ def test_judge_is_asked_in_both_orders():
     assert biased == [0.5, 0.5] and info["position_a_rate"] == 1.0 and info["consistency"] == 0.0
     fair, info = judge_pairs(Fair(), pairs)
     assert fair == [1.0, 0.0] and info["consistency"] == 1.0
-
-
-def test_stratified_sample_covers_rare_strata():
-    recs = [{"request_id": f"r{i}", "ts": float(i), "task_id": "big", "routed_to": "champion",
-             "candidate_answer": "x", "champion_answer": "x"} for i in range(200)]
-    recs += [{"request_id": f"s{i}", "ts": 500.0 + i, "task_id": "rare", "routed_to": "candidate",
-              "candidate_answer": "完全不同的回答", "champion_answer": "x"} for i in range(3)]
-    picked = stratified_sample(recs, 10, seed=1)
-    assert len(picked) == 10 and sum(r["task_id"] == "rare" for r in picked) >= 1
-    assert picked == stratified_sample(recs, 10, seed=1)  # seeded
-
-
-@pytest.mark.parametrize("fmt", ["labelstudio", "argilla", "csv", "jsonl"])
-def test_blind_review_round_trip_enters_the_decision(tmp_path, fmt):
-    store = ShadowStore(f"sqlite:///{tmp_path / 's.db'}")
-    _pairs(store, 30, 1.0, 1.0)
-    rows = store.load_records()
-    for r in rows:  # candidate answers are better in a way only the reviewer sees
-        r["candidate_answer"], r["champion_answer"] = GOOD + "并引用了依据。", GOOD
-    store.insert_records(rows)
-    out = tmp_path / f"review.{fmt}"
-    assert export_review(store, stratified_sample(rows, 20), out, fmt, seed=3) == 20
-    text = out.read_text(encoding="utf-8")
-    assert "candidate" not in text and "champion" not in text  # blind: the mapping is not in the file
-
-    def better(a, b):
-        return "A" if "引用" in a else "B"
-
-    if fmt == "labelstudio":
-        tasks = json.loads(text)
-        for t in tasks:
-            t["annotations"] = [{"completed_by": 7, "result": [{"from_name": "preference", "type": "choices",
-                                 "value": {"choices": [better(t["data"]["answer_a"], t["data"]["answer_b"])]}}]}]
-        out.write_text(json.dumps(tasks, ensure_ascii=False), encoding="utf-8")
-    elif fmt == "argilla":
-        recs = json.loads(text)
-        for r in recs:
-            r["responses"] = {"preference": [{"value": better(r["fields"]["answer_a"], r["fields"]["answer_b"]),
-                                              "user_id": "expert1"}]}
-        out.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
-    elif fmt == "csv":
-        with out.open(encoding="utf-8", newline="") as fh:
-            items = list(csv.DictReader(fh))
-        for it in items:
-            it["verdict"], it["reviewer"] = better(it["answer_a"], it["answer_b"]), "expert1"
-        with out.open("w", encoding="utf-8", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(items[0]))
-            w.writeheader()
-            w.writerows(items)
-    else:
-        items = [json.loads(line) for line in text.splitlines()]
-        out.write_text("".join(json.dumps(dict(i, verdict=better(i["answer_a"], i["answer_b"])),
-                                          ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
-    summary = import_verdicts(store, out, fmt)
-    assert summary["items"] == 20 and summary["candidate"] == 20
-    d = canary_report(store, n_boot=300)  # no rules, no judge: the experts decide
-    assert d.meta["signals"]["expert"]["n"] == 20 and d.status == "pass"

@@ -359,7 +359,8 @@ class RegistryConfig(Strict):
 
 
 class ReviewConfig(Strict):
-    """Expert review of model outputs during stage 2: the heat engine's live rejection input."""
+    """The review store: expert decisions on training samples (they decide what the data step
+    trains on) and on model outputs during stage 2 (the heat engine's live rejection input)."""
 
     live: bool = Field(False, description="review k outputs per task at every stage-2 evaluation cycle")
     store: str = Field("review.db", description="SQLite path (relative: beside the run folders, so --fresh "
@@ -373,6 +374,8 @@ class ReviewConfig(Strict):
     strength: float = Field(5.0, ge=0, description="pseudo-verdicts of the prior")
     noise: float = Field(0.05, ge=0, le=1, description="simulated reviewer: chance of flipping a verdict")
     bias: float = Field(0.0, ge=-1, le=1, description="simulated reviewer: lean towards reject (>0) or approve")
+    required: int = Field(2, ge=1, description="agreeing reviewers that decide a training sample (dual "
+                                               "validation; a disagreement waits for an adjudicator)")
 
 
 class PipelineConfig(Strict):

@@ -7,7 +7,6 @@ and maps the pipeline config onto the components' flat arguments.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -27,10 +26,11 @@ from mixtune.model.sources import PRESETS, resolve_model
 from mixtune.model.tiny import build_tiny_model
 from mixtune.release.pipeline_steps import step_gates_and_registry
 from mixtune.report import write_report
-from mixtune.review import LiveRejection
+from mixtune.review import LiveRejection, ReviewStore, decisions_digest, enqueue_samples, sample_decisions
 from mixtune.review.app import load_reasons
+from mixtune.review.samples import LEGACY_LOG, import_legacy_log, migrate_message
 from mixtune.rules import RuleEngine, RuleSet
-from mixtune.rundir import REVIEW_LOG, RunDir
+from mixtune.rundir import RunDir
 from mixtune.train.launch import launch_stage, write_profile
 from mixtune.train.loop import first_per_task
 from mixtune.train.stage1 import train_stage1
@@ -40,27 +40,61 @@ console = Console(stderr=True)
 STEPS = ("data", "base_model", "stage1", "stage2", "eval", "gates", "report")
 
 
-def review_log_digest(path: Path) -> str:
-    """Short hash of the data review log (empty when there is none)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else ""
+def review_store(cfg: PipelineConfig) -> str:
+    """The review store: a relative SQLite path lives beside the run folders, so ``--fresh`` (which
+    deletes the run folder) never deletes verdicts — they belong to the data, not to the run."""
+    store = cfg.review.store
+    if "://" in store or Path(store).is_absolute():
+        return store
+    return str(cfg.run_dir().parent / store)
+
+
+def migrate_review_log(cfg: PipelineConfig) -> None:
+    """Move the run's old ``data/review_log.jsonl`` (the review queue before the store) into the
+    review store once, before ``--fresh`` could delete it; the log is renamed ``.imported``."""
+    log = cfg.run_dir() / "data" / LEGACY_LOG
+    if log.is_file():
+        store = review_store(cfg)
+        rs = ReviewStore(store)
+        try:
+            console.print(migrate_message(import_legacy_log(rs, log), log, store), highlight=False, soft_wrap=True)
+        finally:
+            rs.close()
 
 
 def step_data(cfg: PipelineConfig, rd: RunDir) -> dict:
-    # Expert decisions are data: a new verdict in the review log rebuilds the dataset.
-    fp = rd.fingerprint("data", ("data", "seed")) + "-" + review_log_digest(rd.path / REVIEW_LOG)
-    if rd.done("data", fp):
-        return rd.state["steps"]["data"]
-    res = build_dataset(
-        cfg.resolve(cfg.data.ontology), cfg.resolve(cfg.data.rules), rd.sub("data"),
-        n_per_task=cfg.data.n_per_task if cfg.data.generate else 0, defect_rate=cfg.data.defect_rate,
-        val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-        perturb_fraction=cfg.data.perturb_fraction, seed=cfg.seed,
-        sources=[Source(str(cfg.resolve(s.path)), s.field_map, s.default_task, s.task_from and s.task_from.column,
-                        s.task_from.map if s.task_from else {}) for s in cfg.data.sources],
-        require_review=cfg.data.require_review,
-        reviewer=cfg.data.auto_approve_reviewer, progress=True, value_pool=cfg.data.value_pool)
-    rd.mark("data", fp, version=res.version, counts=res.counts)
+    """Build the dataset with the review store's sample decisions; undecided samples join its data queue.
+
+    The step reruns when its config or the store's sample-decision state changes (not on output or
+    pair verdicts). What later steps depend on is the built dataset's version, so a verdict that
+    changes no sample's membership or split does not retrain the models.
+    """
+    store = ReviewStore(review_store(cfg))
+    try:
+        decisions = sample_decisions(store, cfg.review.required)
+        cfg_fp = rd.fingerprint("data", ("data", "seed"))
+        inputs = cfg_fp + "-" + decisions_digest(decisions)
+        rec = rd.state["steps"].get("data")
+        if rec and rec.get("status") == "done" and rec.get("inputs") == inputs:
+            return rec
+        res = build_dataset(
+            cfg.resolve(cfg.data.ontology), cfg.resolve(cfg.data.rules), rd.sub("data"),
+            n_per_task=cfg.data.n_per_task if cfg.data.generate else 0, defect_rate=cfg.data.defect_rate,
+            val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+            perturb_fraction=cfg.data.perturb_fraction, seed=cfg.seed,
+            sources=[Source(str(cfg.resolve(s.path)), s.field_map, s.default_task,
+                            s.task_from and s.task_from.column, s.task_from.map if s.task_from else {})
+                     for s in cfg.data.sources],
+            require_review=cfg.data.require_review, reviewer=cfg.data.auto_approve_reviewer, progress=True,
+            value_pool=cfg.data.value_pool, review_decisions=decisions)
+        queued = enqueue_samples(store, res.pending, data_version=res.version)
+    finally:
+        store.close()
+    rd.mark("data", cfg_fp + "-" + res.version, inputs=inputs, version=res.version, counts=res.counts)
     console.print(f"data: version {res.version}: {res.counts}")
+    if queued:
+        console.print(f"data: {queued} sample(s) joined the data review queue "
+                      f"(mixtune review serve --store {review_store(cfg)})")
     return rd.state["steps"]["data"]
 
 
@@ -136,20 +170,11 @@ def rejection_rates(rd: RunDir) -> dict[str, float]:
     return {k: float(v["rejection_rate"] if isinstance(v, dict) else v) for k, v in raw.items()}
 
 
-def review_store(cfg: PipelineConfig, rd: RunDir) -> str:
-    """The review store: a relative SQLite path lives beside the run folders, so ``--fresh`` (which
-    deletes the run folder) never deletes verdicts — they belong to the data, not to the run."""
-    store = cfg.review.store
-    if "://" in store or Path(store).is_absolute():
-        return store
-    return str(rd.path.parent / store)
-
-
 def live_review(cfg: PipelineConfig, rd: RunDir, onto, engine) -> LiveRejection:
     """Stage 2's live human input: outputs go to the review store, reviewed by people through
     ``mixtune review serve`` and/or the simulated reviewer (over the same HTTP API)."""
     r = cfg.review
-    return LiveRejection(review_store(cfg, rd), reasons=load_reasons(cfg.resolve(cfg.data.ontology)),
+    return LiveRejection(review_store(cfg), reasons=load_reasons(cfg.resolve(cfg.data.ontology)),
                          simulate=r.simulate, k=r.k, window=r.window, prior=r.prior, strength=r.strength,
                          noise=r.noise, bias=r.bias, seed=cfg.seed, engine=engine,
                          rule_ids={t.id: list(t.rule_ids) for t in onto.tasks.values()},
@@ -230,6 +255,7 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
         raise MixtuneError(f"unknown step {until!r}; steps are {', '.join(STEPS)}", where="--until")
     t0 = time.time()
     apply_runtime(cfg)
+    migrate_review_log(cfg)  # before RunDir: --fresh deletes the run folder the old log is in
     rd = RunDir(cfg, fresh=fresh)
     console.print(f"run directory: {rd.path}")
     step_data(cfg, rd)

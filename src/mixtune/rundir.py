@@ -19,7 +19,6 @@ from mixtune.config import PipelineConfig, dump_config
 from mixtune.errors import RunDirError
 
 STATE = "run_state.json"
-REVIEW_LOG = Path("data") / "review_log.jsonl"  # expert decisions on the data (mixtune review import)
 
 
 def _flatten(d, prefix=""):
@@ -63,16 +62,11 @@ class RunDir:
         elif self.path.is_dir() and any(self.path.iterdir()) and not resolved.is_file() and not fresh:
             raise RunDirError("directory is not empty and holds no mixtune run; choose another name or "
                               "output_dir", where=str(self.path))
-        kept = b""
         if fresh and self.path.is_dir():
-            # Expert decisions belong to the data, not to the run: --fresh keeps them.
-            if (self.path / REVIEW_LOG).is_file():
-                kept = (self.path / REVIEW_LOG).read_bytes()
+            # Expert decisions are not in here: they live in the review store beside the run
+            # folders (runs/review.db), because they belong to the data, not to the run.
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        if kept:
-            (self.path / REVIEW_LOG).parent.mkdir(parents=True, exist_ok=True)
-            (self.path / REVIEW_LOG).write_bytes(kept)
         resolved.write_text(dump_config(cfg), encoding="utf-8")
         self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"steps": {}}
 

@@ -74,21 +74,41 @@ def build(
     source: list[str] = typer.Option([], "--source", help="extra data files to ingest (repeatable)"),
     require_review: bool = typer.Option(False, "--require-review", help="train only on expert-approved samples"),
     reviewer: str | None = typer.Option("generator", "--reviewer", help="auto-approving reviewer id for generated data"),
+    review_store: str | None = typer.Option(None, "--review-store", help="review store (SQLite path or SQLAlchemy "
+                                            "URL; default: review.db beside --out): its sample decisions apply, "
+                                            "undecided samples join its data queue"),
+    required: int = typer.Option(2, "--required", min=1, help="agreeing reviewers that decide a sample"),
 ) -> None:
     """Generate + ingest, validate, review, score, split, perturb; write a versioned dataset."""
     from rich.console import Console
 
     from mixtune.data.build import build_dataset  # why: fast --help (torch, via config)
+    from mixtune.review.samples import (
+        LEGACY_LOG,
+        enqueue_samples,
+        import_legacy_log,
+        migrate_message,
+        sample_decisions,
+    )
+    from mixtune.review.store import ReviewStore
 
+    c = Console()
+    review_store = review_store or str(out.resolve().parent / "review.db")
+    store = ReviewStore(review_store)
+    if (out / LEGACY_LOG).is_file():  # decisions of the old review queue move into the store once
+        c.print(migrate_message(import_legacy_log(store, out / LEGACY_LOG), out / LEGACY_LOG, review_store),
+                highlight=False, soft_wrap=True)
     res = build_dataset(ontology, rules, out, n_per_task=n_per_task, defect_rate=defect_rate,
                         val_fraction=val_fraction, test_fraction=test_fraction, perturb_fraction=perturb_fraction,
-                        seed=seed, sources=source, require_review=require_review, reviewer=reviewer or None)
-    c = Console()
+                        seed=seed, sources=source, require_review=require_review, reviewer=reviewer or None,
+                        review_decisions=sample_decisions(store, required))
+    queued = enqueue_samples(store, res.pending, data_version=res.version)
     c.print(f"dataset {res.version}", highlight=False)
     for k, v in res.counts.items():
         if not isinstance(v, dict):
             c.print(f"  {k}: {v}", highlight=False)
-    c.print(f"wrote {out}", highlight=False)
+    c.print(f"wrote {out}; {queued} new sample(s) in the data queue of {review_store}", highlight=False,
+            soft_wrap=True)
 
 
 @data_app.command("validate")
@@ -153,11 +173,22 @@ def export(
     split: str = typer.Option("train", "--split", help="train | val | test"),
     include_pending: bool = typer.Option(False, "--include-pending",
                                          help="also export rule-passing samples nobody has reviewed yet"),
+    review_store: str | None = typer.Option(None, "--review-store", help="review store whose current sample "
+                                            "decisions apply (decisions made after the build count)"),
+    required: int = typer.Option(2, "--required", min=1, help="agreeing reviewers that decide a sample"),
 ) -> None:
     """Write the rule-passing, approved split for another trainer, keeping sample ids for `mixtune trace`."""
     from mixtune.data.export import export_dataset  # why: fast --help (pyarrow)
 
-    res = export_dataset(data, fmt, out, split=split, include_pending=include_pending)
+    decisions = None
+    if review_store is not None:
+        from mixtune.review.samples import sample_decisions
+        from mixtune.review.store import ReviewStore
+
+        if "://" not in review_store and not Path(review_store).is_file():
+            raise DataError("no review store here", where=review_store)
+        decisions = sample_decisions(ReviewStore(review_store), required)
+    res = export_dataset(data, fmt, out, split=split, include_pending=include_pending, review_decisions=decisions)
     typer.echo(f"exported {res.exported} {split} samples ({fmt}) to {res.path}")
     for reason, n in res.excluded.items():
         typer.echo(f"  left out {n}: {reason}")

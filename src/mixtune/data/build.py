@@ -8,15 +8,22 @@
 - ``quarantine.jsonl`` — every rejected record with where it came from and why;
 - ``rule_report.json`` — rule failures by rule/task, defects injected vs caught;
 - ``lineage.parquet`` — one lineage row per accepted sample (DuckDB-queryable);
+- ``review_queue.parquet`` — rule-passing samples still awaiting an expert's decision;
 - ``review_stats.json`` — per-task rejection rate for the mixing controller;
 - ``dataset_version.txt`` — ``ds-<hash>`` of the content, ontology and rule-set versions.
+
+Expert decisions come from the review store (``mixtune.review``), read by the caller and passed in
+as ``review_decisions`` (the data layer sits below the review package and does not import it): a
+sample approved since the last build enters this one with its reviewers in its lineage, a
+rejected one is quarantined with reason ``review:rejected``. Samples still undecided are returned
+in :attr:`BuildResult.pending` for the caller to put in the store's data queue.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +35,7 @@ from mixtune.data.io import write_json, write_jsonl, write_samples
 from mixtune.data.lineage import lineage_table, write_lineage
 from mixtune.data.ontology import Ontology, load_ontology
 from mixtune.data.perturb import perturb_samples
-from mixtune.data.review import ReviewQueue
-from mixtune.data.schema import Sample
+from mixtune.data.schema import ReviewDecision, Sample
 from mixtune.data.validate import annotate, blocking, failure_rows, validate_stream
 from mixtune.errors import ConfigError
 from mixtune.rules import RuleEngine, RuleSet
@@ -43,6 +49,7 @@ class BuildResult:
     version: str
     counts: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
+    pending: list[Sample] = field(default_factory=list)  # rule-passing, awaiting an expert decision
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -93,11 +100,14 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
                   defect_rate: float, val_fraction: float, test_fraction: float, perturb_fraction: float,
                   seed: int, sources: Sequence[str | Source] = (), require_review: bool = False,
                   reviewer: str | None = "generator", progress: bool = True, value_pool: int = 0,
-                  traffic_fraction: float = TRAFFIC_FRACTION) -> BuildResult:
+                  traffic_fraction: float = TRAFFIC_FRACTION,
+                  review_decisions: Mapping[str, ReviewDecision] | None = None) -> BuildResult:
     """Build a versioned dataset directory; see the module docstring for the files written.
 
     ``traffic_fraction`` of each task becomes the held-out ``traffic`` split that the staged
     rollout sends through the gateway (disjoint from ``test``, which the evaluation matrix uses).
+    ``review_decisions`` maps sample id → the review store's decision on it
+    (:func:`mixtune.review.samples.sample_decisions`); it overrides the generator's auto-approval.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,20 +166,25 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
         accepted.append(s)
     _log(progress, f"validated {len(unique)}: {len(accepted)} pass, {len(unique) - len(accepted)} quarantined")
 
-    queue = ReviewQueue(out / "review_log.jsonl")  # decisions imported by `mixtune review import`
-    queue.apply_to(accepted)
+    decisions = review_decisions or {}
+    for s in unique:  # expert decisions first: they override auto-approval and ingested statuses
+        d = decisions.get(s.id)
+        if d is not None:
+            d.apply(s)
     pending: list[Sample] = []
     train_ready: list[Sample] = []
     for s in accepted:
         if s.review_status == "pending" and reviewer is not None and not require_review and s.source_type == "generated":
             s.review_status, s.reviewer_id, s.review_time = "approved", reviewer, now
-        if require_review and s.review_status != "approved":
-            pending.append(s)
-        elif s.review_status in ("rejected", "needs_fix"):
+        if s.review_status in ("rejected", "needs_fix"):
             quarantine.append({"sample_id": s.id, "task_id": s.task_id, "file": s.source_uri, "line": None,
                                "reason": f"review:{s.review_status}", "detail": s.reviewer_id})
-        else:
-            train_ready.append(s)
+            continue
+        if s.review_status in ("pending", "in_review"):
+            pending.append(s)  # into the store's data queue; without require_review it trains meanwhile
+            if require_review:
+                continue
+        train_ready.append(s)
 
     scorer = DifficultyScorer()
     for s in train_ready:
@@ -193,15 +208,15 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     }
     if pending:
         paths["review_queue"] = write_samples(pending, out / "review_queue.parquet")
-        queue.add(pending)
     elif (out / "review_queue.parquet").exists():  # stale queue from an earlier build
         (out / "review_queue.parquet").unlink()
-    rates = {**rejection_rates(unique, by_task_failed, onto), **queue.rejection_rates()}
+    rates = rejection_rates(unique, by_task_failed, onto, decided=set(decisions))
     paths["review_stats"] = write_json(rates, out / "review_stats.json")
     counts = {
         "generated": len(samples) - sum(1 for s in samples if s.source_type != "generated"),
         "ingested_records": n_ingested, "validated": len(unique), "accepted": len(train_ready),
-        "quarantined": sum(q.get("n_records", 1) for q in quarantine), "pending_review": len(pending), "perturbed": len(twins),
+        "quarantined": sum(q.get("n_records", 1) for q in quarantine), "pending_review": len(pending),
+        "review_decisions": sum(s.id in decisions for s in unique), "perturbed": len(twins),
         "total": len(final), **{f"split_{k}": v for k, v in sorted(Counter(s.split for s in final).items())},
         "by_task": dict(sorted(Counter(s.task_id for s in train_ready).items())),
         "by_level": dict(sorted(Counter(s.level for s in train_ready).items())),
@@ -217,21 +232,23 @@ def build_dataset(ontology_path: str | Path, rules_path: str | Path, out_dir: st
     (out / "dataset_version.txt").write_text(version + "\n", encoding="utf-8")
     paths["dataset_version"] = out / "dataset_version.txt"
     write_json(counts, out / "build_summary.json")
-    return BuildResult(version=version, counts=counts, paths={k: str(v) for k, v in paths.items()})
+    return BuildResult(version=version, counts=counts, paths={k: str(v) for k, v in paths.items()},
+                       pending=pending)
 
 
-def rejection_rates(samples: list[Sample], failed: Counter, onto: Ontology) -> dict[str, float]:
-    """Per-task rejection rate from the data itself: expert decisions carried by ingested samples,
-    else the validation failure rate as a proxy.
+def rejection_rates(samples: list[Sample], failed: Counter, onto: Ontology,
+                    decided: set[str] | frozenset[str] = frozenset()) -> dict[str, float]:
+    """Per-task rejection rate from the data itself: expert decisions (the review store's, for the
+    ids in ``decided``, or carried by ingested samples), else the validation failure rate as a proxy.
 
-    Decisions from the review queue (``review_log.jsonl``) override these in :func:`build_dataset`;
-    they are what DESIGN.md §4 feeds the heat engine.
+    This is the heat engine's fixed rejection input when stage 2 runs without live review.
     """
     reviewed: dict[str, list[str]] = defaultdict(list)
     total: Counter = Counter()
     for s in samples:
         total[s.task_id] += 1
-        if s.review_status in ("approved", "rejected", "needs_fix") and s.reviewer_id and s.source_type != "generated":
+        expert = s.id in decided or (s.reviewer_id and s.source_type != "generated")
+        if s.review_status in ("approved", "rejected", "needs_fix") and expert:
             reviewed[s.task_id].append(s.review_status)
     rates = {}
     for tid in onto.tasks:

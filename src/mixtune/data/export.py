@@ -1,8 +1,8 @@
 """Export a validated, reviewed split for other trainers: LLaMA-Factory, axolotl, ShareGPT, Alpaca.
 
 Only samples mixtune itself would vouch for leave: rule-checked (``ruleset_version`` set) with no
-blocking failure, ``approved`` (expert or the generator's auto-approval, after replaying
-``review_log.jsonl`` so decisions made after the build count) and in the requested split. Every
+blocking failure, ``approved`` (expert or the generator's auto-approval; with ``review_decisions``
+from the review store, decisions made after the build count) and in the requested split. Every
 record keeps its sample ``id`` and ``task_id`` so ``mixtune trace --sample-id`` still finds its
 lineage; ``export_manifest.json`` records what was left out and why.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,7 @@ from typing import Any
 import yaml
 
 from mixtune.data.io import iter_samples, write_json, write_jsonl
-from mixtune.data.review import ReviewQueue
-from mixtune.data.schema import Sample
+from mixtune.data.schema import ReviewDecision, Sample
 from mixtune.errors import DataError
 from mixtune.jsonl import sha256_file
 
@@ -101,12 +101,14 @@ def to_messages(s: Sample) -> dict[str, Any]:
     return {"id": s.id, "task_id": s.task_id, "messages": [m.model_dump() for m in s.messages]}
 
 
-def select(samples_path: Path, split: str, include_pending: bool) -> tuple[list[Sample], Counter]:
+def select(samples_path: Path, split: str, include_pending: bool,
+           review_decisions: Mapping[str, ReviewDecision] | None = None) -> tuple[list[Sample], Counter]:
     """The exportable samples of ``split`` and a count of the others by reason."""
     samples = [s for s in iter_samples(samples_path)]
-    log = samples_path.parent / "review_log.jsonl"
-    if log.is_file():
-        ReviewQueue(log).apply_to(samples)
+    for s in samples:  # the store's current decisions win over the status recorded at build time
+        d = (review_decisions or {}).get(s.id)
+        if d is not None:
+            d.apply(s)
     ok: list[Sample] = []
     excluded: Counter = Counter()
     allowed = {"approved", "pending"} if include_pending else {"approved"}
@@ -124,16 +126,20 @@ def select(samples_path: Path, split: str, include_pending: bool) -> tuple[list[
     return ok, excluded
 
 
-
 def export_dataset(data: str | Path, fmt: str, out_dir: str | Path, *, split: str = "train",
-                   include_pending: bool = False) -> ExportResult:
-    """Write the exportable ``split`` of ``data`` in trainer format ``fmt`` under ``out_dir``."""
+                   include_pending: bool = False,
+                   review_decisions: Mapping[str, ReviewDecision] | None = None) -> ExportResult:
+    """Write the exportable ``split`` of ``data`` in trainer format ``fmt`` under ``out_dir``.
+
+    ``review_decisions`` (sample id → decision, from :func:`mixtune.review.samples.sample_decisions`)
+    applies expert decisions made since the build.
+    """
     if fmt not in FORMATS:
         raise DataError(f"unknown export format {fmt!r}; allowed: {list(FORMATS)}")
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split {split!r}; allowed: ['train', 'val', 'test']")
     src = find_samples(data)
-    chosen, excluded = select(src, split, include_pending)
+    chosen, excluded = select(src, split, include_pending, review_decisions)
     convert = {"alpaca": to_alpaca, "sharegpt": to_sharegpt, "llamafactory": to_sharegpt, "axolotl": to_messages}[fmt]
     records = []
     for s in chosen:

@@ -1,7 +1,8 @@
 """Lineage store: append-only parquet rows queried with DuckDB.
 
-Every dataset build appends one row per sample (who made it, who reviewed it, which rule-set and
-ontology versions judged it, its difficulty level and split); training runs may append rows with
+Every dataset build appends one row per sample (who made it, who reviewed it — both reviewers of a
+dual validation in ``reviewer_ids`` and the adjudicator of a disagreement in ``adjudicator_id`` —,
+which rule-set and ontology versions judged it, its difficulty level and split); training runs may append rows with
 ``event='trained'``. ``mixtune trace`` answers "which samples, annotators, rule versions and
 difficulty levels stand behind this task / this failing eval item" with SQL over the parquet
 files, so it stays fast at 10^7 rows (DuckDB scans only the needed columns with filter pushdown).
@@ -30,6 +31,7 @@ LINEAGE_SCHEMA = pa.schema([
     ("ontology_version", pa.string()), ("dataset_version", pa.string()), ("source_uri", pa.string()),
     ("parent_id", pa.string()), ("perturbation_type", pa.string()), ("event", pa.string()),
     ("run_id", pa.string()), ("time", pa.string()),
+    ("reviewer_ids", pa.list_(pa.string())), ("adjudicator_id", pa.string()),
 ])
 
 
@@ -103,6 +105,7 @@ def synthetic_lineage(n: int, path: str | Path, *, n_tasks: int = 16, n_annotato
                 "dataset_version": pa.array(["ds-synthetic"] * m), "source_uri": pa.array(["synthetic://"] * m),
                 "parent_id": pa.array([""] * m), "perturbation_type": pa.array([""] * m),
                 "event": pa.array(["build"] * m), "run_id": pa.array([""] * m), "time": pa.array([""] * m),
+                "reviewer_ids": pa.array([[]] * m, pa.list_(pa.string())), "adjudicator_id": pa.array([""] * m),
             }
             w.write_table(pa.table(cols, schema=LINEAGE_SCHEMA))
     return path
@@ -182,13 +185,15 @@ def trace_item(lineage: str | Path, sample_id: str, task_id: str | None = None, 
     src = _source(lineage)
     con = _connect()
     try:
-        cols = [f.name for f in LINEAGE_SCHEMA]
-        own = con.execute(f"SELECT {', '.join(cols)} FROM {src} WHERE sample_id = ?", [sample_id]).fetchall()
+        cur = con.execute(f"SELECT * FROM {src} WHERE sample_id = ?", [sample_id])  # older files lack new columns
+        names = [d[0] for d in cur.description]
+        own = cur.fetchall()
         twins = con.execute(f"SELECT sample_id, perturbation_type FROM {src} WHERE parent_id = ? LIMIT {int(limit)}",
                             [sample_id]).fetchall()
     finally:
         con.close()
-    rows = [dict(zip(cols, r)) for r in own]
+    cols = [f.name for f in LINEAGE_SCHEMA]
+    rows = [{c: d.get(c) for c in cols} for d in (dict(zip(names, r)) for r in own)]
     task = task_id or (rows[0]["task_id"] if rows else None)
     if task is None:
         raise DataError(f"sample {sample_id!r} is not in the lineage store and no task id was given")
@@ -214,12 +219,17 @@ def trace_failures(lineage: str | Path, items: list[dict[str, Any]], *, limit: i
     con = _connect()
     try:
         con.register("failing", ids)
-        rows = con.execute(
-            f"SELECT f.item_sample_id, f.item_task_id, l.level, l.annotator_id, l.reviewer_id, l.ruleset_version, "
-            f"l.split FROM failing f LEFT JOIN (SELECT * FROM {src}) l ON l.sample_id = f.item_sample_id").fetchall()
+        # l.* rather than named columns: a lineage file written before a column existed still answers
+        cur = con.execute(f"SELECT f.item_sample_id, f.item_task_id, l.* FROM failing f "
+                          f"LEFT JOIN (SELECT * FROM {src}) l ON l.sample_id = f.item_sample_id")
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
     finally:
         con.close()
-    found = [dict(zip(("sample_id", "task_id", "level", "annotator_id", "reviewer_id", "ruleset_version", "split"), r))
-             for r in rows]
+    want = ("level", "annotator_id", "reviewer_id", "ruleset_version", "split", "reviewer_ids", "adjudicator_id")
+    found = []
+    for r in rows:
+        d = dict(zip(names[2:], r[2:]))
+        found.append({"sample_id": r[0], "task_id": r[1], **{k: d.get(k) for k in want}})
     keys = sorted({(r["task_id"], r["level"]) for r in found}, key=lambda k: (k[0], k[1] or 0))
     return {"items": found, "tasks": [trace_task(lineage, t, level=lv, limit=limit) for t, lv in keys]}

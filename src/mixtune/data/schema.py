@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -51,9 +52,11 @@ class Sample(BaseModel):
     ingest_time: str = ""
     annotator_id: str = ""
     annotator_qualification: str = ""
-    reviewer_id: str = ""
+    reviewer_id: str = ""  # who decided: the reviewers of a dual validation, comma-separated
     review_status: ReviewStatus = "pending"
     review_time: str = ""
+    reviewer_ids: list[str] = Field(default_factory=list)  # every reviewer of the dual validation
+    adjudicator_id: str = ""  # who settled a disagreement, when there was one
     ruleset_version: str = ""
     rule_results: str = "[]"  # JSON list of failure rows
     ontology_version: str = ""
@@ -105,8 +108,36 @@ ARROW_SCHEMA = pa.schema(
         ("context_variant", pa.string()), ("language", pa.string()), ("split", pa.string()),
         ("dataset_version", pa.string()), ("pii_flag", pa.bool_()), ("dedup_cluster", pa.string()),
         ("trained_in_runs", pa.list_(pa.string())), ("defect", pa.string()),
+        ("reviewer_ids", pa.list_(pa.string())), ("adjudicator_id", pa.string()),
     ]
 )
+
+# review store verdicts -> sample review status
+DECISION_STATUS = {"approve": "approved", "reject": "rejected", "needs_fix": "needs_fix"}
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    """The review store's decision on one sample, as the data build applies it.
+
+    ``decision`` is a store verdict (approve / reject / needs_fix); ``reviewers`` are the dual
+    validation's reviewers in verdict order and ``adjudicator`` who settled their disagreement.
+    Defined here, not in :mod:`mixtune.review`, because the data layer may not import the review
+    package (it sits above data); the review package fills these in.
+    """
+
+    decision: str
+    reviewers: tuple[str, ...] = ()
+    adjudicator: str = ""
+    time: str = ""
+
+    def apply(self, s: Sample) -> None:
+        """Record this decision on ``s`` (status, both reviewers, adjudicator, time)."""
+        s.review_status = DECISION_STATUS[self.decision]  # type: ignore[assignment]
+        s.reviewer_ids = list(self.reviewers)
+        s.adjudicator_id = self.adjudicator
+        s.reviewer_id = ",".join(self.reviewers) or self.adjudicator
+        s.review_time = self.time
 
 
 def samples_to_table(samples: list[Sample]) -> pa.Table:

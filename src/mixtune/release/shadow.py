@@ -5,7 +5,9 @@ model or an OpenAI-compatible URL) and records each pair exactly as the gateway 
 report serves both sources. Request ids are deterministic, so an interrupted replay resumes.
 
 *Report* scores every recorded pair on the signals available — availability (did each side
-answer), rule-engine compliance of each answer, expert verdicts from the blind review queue, an
+answer), rule-engine compliance of each answer, expert verdicts from the blind A/B review (read
+from the review store by the caller and passed in as ``verdicts``: request id → candidate /
+champion / tie, since ``release`` sits below the review package), an
 optional LLM judge asked in both orders (a verdict that flips with position counts as a tie), and
 user feedback per arm — and decides the canary gate:
 
@@ -219,14 +221,15 @@ def feedback_by_arm(records: list[dict], feedback: list[dict]) -> dict:
 def canary_report(store: ShadowStore, *, rule_score: RuleScore | None = None, judge: Any = None,
                   min_delta: float = 0.0, availability_margin: float = 0.01, alpha: float = 0.05,
                   n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, horizon: int | None = None,
-                  min_pairs: int = 10, source: str | None = None):
+                  min_pairs: int = 10, source: str | None = None, verdicts: dict[str, str] | None = None):
     """Compare candidate with champion over the recorded pairs; returns a ``GateDecision`` ("canary").
 
     ``min_delta``: required improvement of the composite score (negative = non-inferiority margin).
+    ``verdicts``: expert verdicts per request id (``mixtune.review.pairs.pair_verdicts``).
     ``horizon``: planned number of pairs; before it, only the sequential test can end the canary.
     """
     records = store.load_records(source)
-    verdicts = {k: v["verdict"] for k, v in store.load_reviews().items() if v.get("verdict")}
+    verdicts = dict(verdicts or {})
     pairs = pair_signals(records, rule_score=rule_score, judge=judge, verdicts=verdicts)
     scored = [p for p in pairs if p["composite"] is not None]
     cand = [{"sample_id": p["request_id"], "layer": "shadow", "task_id": p["task_id"],

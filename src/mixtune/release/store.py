@@ -11,8 +11,9 @@ otherwise (a commit survives a killed process). Tables (optionally prefixed, e.g
 * ``shadow_records`` — one row per request id: time, source (gateway/replay), user hash, route,
   which model answered, task id, masked prompt, both answers, latencies and errors.
 * ``shadow_feedback`` — user feedback posted to the gateway (rating and/or label, comment).
-* ``shadow_reviews`` — blind expert review: which model was shown as "A" (kept here, not in the
-  exported file, so reviewers cannot see it) and the imported verdict.
+* ``shadow_meta`` keeps per-store secrets. Expert verdicts on pairs live in the review store
+  (``mixtune.review.pairs``); logs written before that may still hold a ``shadow_reviews`` table,
+  which :meth:`ShadowStore.legacy_reviews` reads once so ``mixtune shadow`` can move it there.
 * ``shadow_meta`` — per-store secrets, e.g. the user-hash salt shared by every gateway replica.
 """
 
@@ -110,7 +111,7 @@ class ShadowStore:
 
         md = sa.MetaData()
         text, flt = sa.Text, sa.Float
-        pre = table_prefix
+        pre = self.table_prefix = table_prefix
         self.records = sa.Table(
             f"{pre}shadow_records", md,
             sa.Column("request_id", sa.String(80), primary_key=True),
@@ -132,14 +133,6 @@ class ShadowStore:
             sa.Column("request_id", sa.String(80), nullable=False, index=True),
             sa.Column("ts", flt, nullable=False),
             sa.Column("rating", flt), sa.Column("label", sa.String(64)), sa.Column("comment", text),
-        )
-        self.reviews = sa.Table(
-            f"{pre}shadow_reviews", md,
-            sa.Column("request_id", sa.String(80), primary_key=True),
-            sa.Column("a_is", sa.String(16), nullable=False),
-            sa.Column("exported_ts", flt, nullable=False),
-            sa.Column("verdict", sa.String(16)), sa.Column("reviewer", sa.String(120)),
-            sa.Column("comment", text), sa.Column("verdict_ts", flt),
         )
         self.meta = sa.Table(
             f"{pre}shadow_meta", md,
@@ -253,27 +246,17 @@ class ShadowStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(self.feedback.select().order_by(self.feedback.c.id))]
 
-    # -- expert review ---------------------------------------------------------------------
-    def save_assignments(self, assignments: dict[str, str]) -> None:
-        """Remember which model was shown as "A" for each exported request id."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            conn.execute(self.reviews.delete().where(self.reviews.c.request_id.in_(list(assignments))))
-            conn.execute(self.reviews.insert(), [{"request_id": k, "a_is": v, "exported_ts": now}
-                                                 for k, v in assignments.items()])
+    # -- expert review (moved to the review store) -------------------------------------------
+    def legacy_reviews(self) -> list[dict]:
+        """Rows of the ``shadow_reviews`` table older logs kept blind-review verdicts in (else ``[]``)."""
+        import sqlalchemy as sa
 
-    def load_reviews(self) -> dict[str, dict]:
+        name = f"{self.table_prefix}shadow_reviews"
+        if not sa.inspect(self.engine).has_table(name):
+            return []
+        table = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
         with self.engine.connect() as conn:
-            return {r.request_id: dict(r._mapping) for r in conn.execute(self.reviews.select())}
-
-    def set_verdicts(self, verdicts: list[dict]) -> None:
-        """Store imported verdicts (``request_id``, ``verdict`` in candidate/champion/tie, ...)."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            for v in verdicts:
-                conn.execute(self.reviews.update().where(self.reviews.c.request_id == v["request_id"])
-                             .values(verdict=v["verdict"], reviewer=v.get("reviewer"),
-                                     comment=v.get("comment"), verdict_ts=now))
+            return [dict(r._mapping) for r in conn.execute(table.select())]
 
     def close(self) -> None:
         self.engine.dispose()

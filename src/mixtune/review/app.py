@@ -56,7 +56,7 @@ def _item_json(it: Item) -> dict:
     return {"id": it.id, "seq": it.seq, "kind": it.kind, "task_id": it.task_id, "family": it.family,
             "prompt": it.prompt, "reference": it.reference, "output": it.output,
             "model_version": it.model_version, "data_version": it.data_version, "findings": it.findings,
-            "meta": it.meta}
+            "meta": it.public_meta()}  # a pair's A/B assignment stays on the server: reviews are blind
 
 
 def create_app(store: ReviewStore, reviewers: Reviewers, *, reasons: dict[str, list[str]] | None = None,

@@ -54,6 +54,8 @@ VERDICTS: dict[str, tuple[str, ...]] = {
 }
 REVIEWER_KINDS = ("human", "simulated")
 ROLES = ("review", "adjudication")
+# item meta that reviewers must not see: which model a blind A/B pair shows as "A"
+PRIVATE_META = ("a_is",)
 
 
 class ReviewError(MixtuneError):
@@ -81,6 +83,10 @@ class Item:
     meta: dict
     seq: int = 0
     created: str = ""
+
+    def public_meta(self) -> dict:
+        """``meta`` without what would unblind a reviewer (:data:`PRIVATE_META`)."""
+        return {k: v for k, v in self.meta.items() if k not in PRIVATE_META}
 
     @property
     def version(self) -> str:
