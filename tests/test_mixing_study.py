@@ -104,7 +104,7 @@ def test_methods_per_scenario_follow_the_issue():
     assert set(s4) == {*study_suite.BASELINES, study_suite.DEFAULT, study_suite.REFERENCE}
     # the variants are compared on the tuning seeds only
     assert "mixtune_no_curriculum" not in study_suite.methods_for(full, "S1", "confirmation")
-    assert {"mixtune_no_curriculum", "mixtune_no_modulation", "heat_decay_only", "heat_cv_only",
+    assert {"mixtune_no_curriculum", "mixtune_no_modulation", "mixtune_heat_only", "heat_decay_only", "heat_cv_only",
             "heat_rejection_only"} <= set(s1)
     assert full.s2_steps >= 400 and full.n_val >= 24 and full.n_test >= 40
     assert len(full.tuning_seeds) >= 5 and len(full.confirm_seeds) >= 5
@@ -112,7 +112,7 @@ def test_methods_per_scenario_follow_the_issue():
     assert set(full.tuning_scenarios) == {"S1", "S2", "S3"} and set(full.confirm_scenarios) == set(scen.SCENARIOS)
     # natural/temperature train only where sizes differ (S2, S5); elsewhere they reuse uniform's run
     extra = int(study_suite.DEFAULT != study_suite.REFERENCE)  # the reference controller, confirmation half
-    n_runs = 5 * (12 + 10 + 10) + 5 * (5 + 7 + 5 + 5 + 7 + 5 * extra)
+    n_runs = 5 * (13 + 11 + 11) + 5 * (5 + 7 + 5 + 5 + 7 + 5 * extra)
     assert study_suite.estimate_s(full, 20.0, 0.0) == pytest.approx(n_runs * 20.0 / 2)
 
 

@@ -38,6 +38,8 @@ METHODS: dict[str, dict] = {
     DEFAULT: dict(_ON),
     "mixtune_no_curriculum": {**_ON, "stage2.curriculum.enabled": False},
     "mixtune_no_modulation": {**_ON, "stage2.modulation.enabled": False},
+    # heat-driven weights alone: the two variants above each drop one of the other mechanisms
+    "mixtune_heat_only": {**_ON, "stage2.curriculum.enabled": False, "stage2.modulation.enabled": False},
     **{f"heat_{c}_only": {**_ON, "stage2.mixing.heat_weights": {c: 1.0}} for c in ("decay", "cv", "rejection", "gap")},
 }
 VARIANTS_IN = ("S1", "S2", "S3")  # where the mixtune variants run (the list)
