@@ -35,7 +35,8 @@ if (( DRY )); then
   MODEL="gguf:$OUT/tiny.gguf"
   RUN_SIZES=(data.n_per_task=12 stage1.steps=2 stage1.eval_every=2 stage1.checkpoint_every=2
              stage2.steps=2 stage2.eval_every=2 stage2.checkpoint_every=2 eval.samples_per_task=1
-             eval.max_new_tokens=4 eval.experience=false gates.shadow.enabled=false gates.bootstrap_samples=100)
+             eval.max_new_tokens=4 eval.experience=false eval.ifeval_prompts=2 eval.ifeval_max_new_tokens=4
+             gates.shadow.enabled=false gates.bootstrap_samples=100)
 else
   TIER=full; STEPS=40; BATCH=16; MAXLEN=256
   MODEL=smollm2-135m-instruct

@@ -43,10 +43,20 @@ def test_run_writes_the_documented_layout(run):
                 "eval/base.jsonl", "eval/stage2.jsonl", "gates.jsonl", "registry.json", "report.html"):
         assert (rd / rel).is_file(), rel
     summary = json.loads((rd / "eval" / "summary.json").read_text())
-    assert set(summary) == {"base", "stage1", "stage2"}
+    assert set(summary) == {"base", "stage1", "stage2", "ifeval"}  # the demo evaluates 5 IFEval prompts
     fams = set(summary["stage2"])
-    assert {"concept", "calculation", "attribution", "compliance", "history"} <= fams
-    assert all(0.0 <= v <= 1.0 for m in summary.values() for v in m.values())
+    assert {"concept", "calculation", "attribution", "compliance", "history"} <= fams and "ifeval" not in fams
+    assert all(0.0 <= v <= 1.0 for m in ("base", "stage1", "stage2") for v in summary[m].values())
+    ife = summary["ifeval"]
+    assert set(ife) == {"base", "stage1", "stage2"}
+    for agg in ife.values():  # the same seeded, stratified subset for every model
+        assert set(agg) == {"prompt_strict", "prompt_loose", "inst_strict", "inst_loose", "n", "instructions",
+                            "instruction_types"}
+        assert agg["n"] == 5 and agg["instruction_types"] == ife["base"]["instruction_types"]
+        assert len(agg["instruction_types"]) >= 5 and all(0.0 <= agg[k] <= 1.0 for k in ("prompt_loose", "inst_loose"))
+    ids = {m: sorted(json.loads(x)["sample_id"] for x in (rd / "eval" / f"{m}.jsonl").read_text().splitlines()
+                     if json.loads(x)["family"] == "ifeval") for m in ("base", "stage1", "stage2")}
+    assert len(ids["base"]) == 5 and ids["base"] == ids["stage1"] == ids["stage2"]
     rec = json.loads((rd / "stage1" / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("step", "lr", "loss", "loss_ce", "loss_consistency", "loss_adversarial", "grad_norm",
                 "clip_threshold", "clipped", "tokens"):
@@ -56,6 +66,7 @@ def test_run_writes_the_documented_layout(run):
         assert key in cycle
     html = (rd / "report.html").read_text()
     assert "data:image/png;base64" in html and "stage2" in html and "Gates" in html
+    assert "Instruction following (IFEval" in html and "stage2 − base" in html
     gates = [json.loads(x) for x in (rd / "gates.jsonl").read_text().splitlines()]
     assert gates and gates[0]["gate"] == "validate" and gates[0]["status"] in ("pass", "fail", "inconclusive")
 

@@ -65,6 +65,21 @@ def test_unknown_key_names_its_path(tmp_path):
     assert "stage1.clip.strat" in str(e.value) and "unknown key" in str(e.value)
 
 
+def test_ifeval_eval_keys_are_bounded_and_misspellings_refused(tmp_path):
+    cfg = load_config(ROOT / "examples/finance_risk/pipeline_smollm2.yaml")
+    assert cfg.eval.ifeval_prompts == 25 and cfg.eval.ifeval_max_new_tokens == 160
+    assert any(g.metric == "ifeval_prompt_loose" and g.scope == "ifeval" and g.min_delta_vs_champion == -0.05
+               for g in cfg.gates.validate_)
+    assert PipelineConfig().eval.ifeval_prompts == 0  # off unless asked for
+    for text, needle in (("eval:\n  ifeval_prompts: 542\n", "eval.ifeval_prompts"),
+                         ("eval:\n  ifeval_zh_prompts: -1\n", "eval.ifeval_zh_prompts"),
+                         ("eval:\n  ifeval_max_new_tokens: 0\n", "eval.ifeval_max_new_tokens"),
+                         ("eval:\n  ifeval_prompt: 5\n", "eval.ifeval_prompt")):
+        with pytest.raises(ConfigError) as e:
+            load_config(_write(tmp_path, text))
+        assert needle in str(e.value)
+
+
 def test_wrong_type_and_literal_name_path_and_allowed_values(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(_write(tmp_path, "stage2:\n  mixing:\n    method: magic\n"))

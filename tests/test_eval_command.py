@@ -85,3 +85,30 @@ def test_eval_command_user_errors_are_one_line(workspace, capsys):
     bad = args(d, "--split", "val")
     assert run(bad) == 2
     assert "no samples in split 'val'" in capsys.readouterr().err
+
+
+def test_eval_command_evaluates_the_shipped_ifeval_subset(workspace, capsys):
+    d = workspace
+    out = d / "ife"
+    argv = args(d, "--model-name", "stage2", "--no-experience", "--ifeval-prompts", "3", "--ifeval-zh-prompts", "2",
+                "--ifeval-max-new-tokens", "5", "--seed", "4")
+    argv[argv.index("--out") + 1] = str(out)
+    assert run(argv) == 0
+    recs = [json.loads(line) for line in (out / "stage2.jsonl").read_text(encoding="utf-8").splitlines()]
+    ife = [r for r in recs if r["family"] in ("ifeval", "ifeval_zh")]
+    from mixtune.eval.ifeval.subset import packaged_subset
+
+    want = [f"ifeval:{p['key']}" for p in packaged_subset("ifeval", 3, 4)]
+    want += [f"ifeval_zh:{p['key']}" for p in packaged_subset("ifeval_zh", 2, 4)]
+    assert sorted(r["sample_id"] for r in ife) == sorted(want)  # the pipeline's subset for the same seed
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["ifeval"]["stage2"]["n"] == 3 and summary["ifeval_zh"]["stage2"]["n"] == 2
+    assert set(summary["stage2"]) == {"calculation", "concept"}
+    printed = capsys.readouterr().out
+    assert "ifeval: instruction following" in printed and "ifeval_zh: instruction following" in printed
+    prompts = d / "p.jsonl"
+    prompts.write_text(json.dumps(packaged_subset("ifeval", 1, 0)[0]) + "\n", encoding="utf-8")
+    assert run(args(d, "--ifeval", str(prompts), "--ifeval-prompts", "2")) == 2
+    assert "not both" in capsys.readouterr().err
+    assert run(args(d, "--model-name", "ifeval")) == 2
+    assert "unusable model name 'ifeval'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from mixtune.data.ontology import parse_ontology
 from mixtune.data.schema import Message, Sample
 from mixtune.errors import DataError
 from mixtune.eval.conversation import reference_text, split_prompt, turn_prompts
+from mixtune.eval.matrix import family_scores, render_ifeval, render_summary
 from mixtune.eval.runner import (
     evaluate_model,
     read_jsonl,
@@ -135,6 +136,8 @@ def test_evaluate_model_writes_jsonl_with_all_layers(tmp_path):
     assert layers == {"base", "business", "experience"}
     ife = [r for r in recs if r["task_id"] == "ifeval"]
     assert len(ife) == 1 and ife[0]["metrics"]["ifeval_prompt_strict"] == 1.0  # reply has no comma
+    assert ife[0]["sample_id"] == "ifeval:1" and ife[0]["family"] == "ifeval" and ife[0]["layer"] == "base"
+    assert ife[0]["detail"]["strict_follow_list"] == [True]
     # the chain's final step was generated with the gold earlier turn in context
     assert any(any(m["content"] == "GOLD-STEP-1 150.00%" for m in c) for c in backend.seen)
     chain = next(r for r in recs if r["task_id"] == "chain_lcr" and r["layer"] == "business")
@@ -169,3 +172,96 @@ def test_write_matrix_shape_and_summary(tmp_path):
     cell = matrix["stage1"]["calc_lcr"]
     assert cell["base"]["format_compliance"] == 0.5  # one of the two LCR answers lacks "%"
     assert cell["business"]["numeric_accuracy"] == 1.0 and cell["business"]["primary"] == 1.0
+
+
+class Budgeted(Scripted):
+    """Also records the max_new_tokens of every generate call, by the first user message."""
+
+    def __init__(self, replies):
+        super().__init__(replies)
+        self.budget = {}
+
+    def generate(self, conversations, *, max_new_tokens, **kw):
+        for c in conversations:
+            self.budget[c[0]["content"]] = max_new_tokens
+        return super().generate(conversations, max_new_tokens=max_new_tokens, **kw)
+
+
+IFE = [  # two English prompts (3 instructions) and one Chinese prompt with the same key as the first
+    {"key": 7, "prompt": "Reply without any commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+    {"key": 8, "prompt": "Answer with a <<title>> and end with 'bye'.",
+     "instruction_id_list": ["detectable_format:title", "startend:end_checker"],
+     "kwargs": [{}, {"end_phrase": "bye"}]},
+]
+IFE_ZH = [{"key": 7, "prompt": "回答时不要使用任何逗号。", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}]
+
+
+def ife_model(good: bool):
+    def reply(conv):
+        text = conv[-1]["content"]
+        if text.startswith("Answer with a"):
+            return "<<Note>> fine, bye" if good else "Fine"  # good: 2 of 2 (the comma is allowed here); bad: 0 of 2
+        if text.startswith("Reply without") or text.startswith("回答"):
+            return "no commas here" if good else "yes, commas"
+        return good_model(conv)
+    return reply
+
+
+def test_ifeval_sets_have_their_own_budget_family_and_summary_block(tmp_path):
+    by_model = {}
+    for name, good in (("base", True), ("stage2", False)):
+        backend = Budgeted(ife_model(good))
+        by_model[name] = evaluate_model(backend, SAMPLES, ONTO, FakeEngine(), model_name=name, max_new_tokens=8,
+                                        ifeval_prompts=IFE, ifeval_zh_prompts=IFE_ZH, ifeval_language="en",
+                                        ifeval_max_new_tokens=160, out_path=tmp_path / f"{name}.jsonl",
+                                        progress=False, kpi_fn=fake_kpi, experience=False)
+        # IFEval answers get their own (longer) budget; the domain samples keep theirs
+        assert backend.budget["Reply without any commas."] == 160 and backend.budget["回答时不要使用任何逗号。"] == 160
+        assert backend.budget[SAMPLES[0].messages[0].content] == 8
+    recs = by_model["stage2"]
+    ids = {r["sample_id"]: r for r in recs if r["family"] in ("ifeval", "ifeval_zh")}
+    assert set(ids) == {"ifeval:7", "ifeval:8", "ifeval_zh:7"}  # same key, two sets: no clash
+    assert ids["ifeval_zh:7"]["detail"]["language"] == "zh" and ids["ifeval:8"]["detail"]["language"] == "en"
+    write_matrix(by_model, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # the per-family structure is as before: IFEval is no domain family
+    assert set(summary) == {"base", "stage2", "ifeval", "ifeval_zh"}
+    assert set(family_scores(summary)) == {"base", "stage2"}
+    assert set(summary["base"]) == {"calculation", "concept", "chain"} == set(summary["stage2"])
+    base, s2 = summary["ifeval"]["base"], summary["ifeval"]["stage2"]
+    assert base == {"prompt_strict": 1.0, "prompt_loose": 1.0, "inst_strict": 1.0, "inst_loose": 1.0, "n": 2,
+                    "instructions": 3, "instruction_types": ["detectable_format:title", "punctuation:no_comma",
+                                                             "startend:end_checker"]}
+    # instruction level pools the three instructions (0 of 3), as IFEval does
+    assert s2["prompt_strict"] == 0.0 and s2["inst_strict"] == 0.0 and s2["n"] == 2
+    assert summary["ifeval_zh"]["base"]["n"] == 1 and summary["ifeval_zh"]["stage2"]["prompt_loose"] == 0.0
+    # the CLI tables read the new shape
+    assert render_summary(summary).row_count == 3
+    assert [tb.row_count for tb in render_ifeval(summary)] == [2, 2]
+
+
+def test_instruction_level_is_pooled_over_prompts_not_averaged():
+    from mixtune.eval.matrix import ifeval_block
+
+    def rec(strict):
+        return {"family": "ifeval", "metrics": {"ifeval_prompt_strict": float(all(strict)),
+                                                "ifeval_prompt_loose": float(all(strict)),
+                                                "ifeval_inst_strict": sum(strict) / len(strict),
+                                                "ifeval_inst_loose": sum(strict) / len(strict)},
+                "detail": {"instruction_id_list": ["a:b"] * len(strict), "strict_follow_list": strict,
+                           "loose_follow_list": strict}}
+    block = ifeval_block([rec([True]), rec([False, False, False])])
+    assert block["inst_strict"] == 0.25  # 1 of 4 instructions; the mean of per-prompt shares would be 0.5
+    old = [{k: v for k, v in r.items() if k != "detail"} for r in (rec([True]), rec([False, False, False]))]
+    assert ifeval_block(old)["inst_strict"] == 0.5 and ifeval_block(old)["instruction_types"] == []
+
+
+def test_a_model_named_like_an_ifeval_block_is_refused(tmp_path):
+    recs = evaluate_model(Scripted(good_model), SAMPLES[:1], ONTO, FakeEngine(), model_name="ifeval",
+                          max_new_tokens=8, ifeval_prompts=IFE[:1], out_path=tmp_path / "x.jsonl",
+                          progress=False, kpi_fn=fake_kpi, experience=False)
+    with pytest.raises(DataError, match="reserves"):
+        write_matrix({"ifeval": recs}, tmp_path / "out")
+    with pytest.raises(DataError, match="occurs twice"):
+        evaluate_model(Scripted(good_model), [], ONTO, FakeEngine(), model_name="m", max_new_tokens=8,
+                       ifeval_prompts=IFE[:1] * 2, out_path=tmp_path / "y.jsonl", progress=False, experience=False)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from mixtune.cli import main
+from mixtune.eval.ifeval.subset import DATA
 
-ZH = Path(__file__).resolve().parent / "data" / "ifeval" / "zh" / "zh_mt.jsonl"
+ZH = DATA / "zh_mt.jsonl"  # the Chinese prompts ship with the package
 
 
 def run(argv, capsys):

@@ -1,7 +1,7 @@
 """The scorer reproduces the original IFEval checker on every published prompt.
 
-Data: ``tests/data/ifeval`` (IFEval prompts, GPT-4 responses and the reference checker's
-verdicts; Apache-2.0, see its LICENSE/NOTICE). The original decides a few instructions with an
+Data: the IFEval prompts shipped in ``mixtune/eval/ifeval/data``, and ``tests/data/ifeval`` (GPT-4
+responses and the reference checker's verdicts); Apache-2.0, see their LICENSE/NOTICE. The original decides a few instructions with an
 unseeded random draw (``random_in_reference``: a non-letter ``letter``, langdetect); no scorer
 can reproduce those, so every OTHER per-instruction verdict, strict and loose, must agree
 exactly, and so must the four aggregates computed without them. The random ones are reported.
@@ -26,13 +26,14 @@ from mixtune.eval.ifeval import (
     resolve_language,
     score_responses,
 )
+from mixtune.eval.ifeval.subset import DATA as PROMPTS  # the prompt files ship with the package
 
 DATA = Path(__file__).resolve().parent / "data" / "ifeval"
 
 
 @pytest.fixture(scope="module")
 def scored():
-    prompts = load_prompts(DATA / "input_data.jsonl")
+    prompts = load_prompts(PROMPTS / "input_data.jsonl")
     responses = load_responses(DATA / "input_response_data_gpt4_20231107_145030.jsonl")
     return prompts, responses, score_responses(prompts, responses)
 
@@ -124,6 +125,6 @@ def test_loose_never_below_strict_except_random_letter(scored):
 
 
 def test_chinese_prompt_file_validates_and_resolves_to_zh():
-    zh = load_prompts(DATA / "zh" / "zh_mt.jsonl")
+    zh = load_prompts(PROMPTS / "zh_mt.jsonl")
     assert len(zh) == 541
     assert {resolve_language(p) for p in zh} == {"zh"}

@@ -51,6 +51,7 @@ def test_gpu_check_dry_run_prints_the_plan_and_runs_the_cpu_sized_version(tmp_pa
         assert all(data[k] > 0 for k in KEYS), {k: data[k] for k in KEYS}
         assert data["peak_rss_mib"] > 0 and data["trl_peak_rss_mib"] > 0
     summary = json.loads((out / "runs" / "gpu_check" / "eval" / "summary.json").read_text())
-    assert set(summary) == {"base", "stage1", "stage2"} and summary["stage2"]
+    assert set(summary) == {"base", "stage1", "stage2", "ifeval"} and summary["stage2"]  # + the IFEval block
+    assert summary["ifeval"]["stage2"]["n"] == 2
     md = (out / "summary.md").read_text()
     assert "GPU check: CPU (dry run)" in md and "| lora |" in md and "| full |" in md

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "finance_risk" / "pipeline_smollm2.yaml"
 FEW = ["data.n_per_task=12", "stage1.steps=2", "stage1.eval_every=2", "stage1.checkpoint_every=2",
        "stage2.steps=2", "stage2.eval_every=2", "stage2.checkpoint_every=2", "eval.samples_per_task=1",
-       "eval.max_new_tokens=8", "eval.experience=false", "gates.shadow.enabled=false",
-       "gates.bootstrap_samples=100"]
+       "eval.max_new_tokens=8", "eval.experience=false", "eval.ifeval_prompts=3", "eval.ifeval_max_new_tokens=16",
+       "gates.shadow.enabled=false", "gates.bootstrap_samples=100"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,7 +44,11 @@ def test_smollm2_preset_runs_end_to_end(tmp_path):
                 "gates.jsonl", "report.html"):
         assert (rd / rel).is_file(), rel
     summary = json.loads((rd / "eval" / "summary.json").read_text())
-    assert set(summary) == {"base", "stage1", "stage2"} and summary["stage2"]
+    assert set(summary) == {"base", "stage1", "stage2", "ifeval"} and summary["stage2"]
+    assert summary["ifeval"]["base"]["n"] == 3 and "IFEval" in (rd / "report.html").read_text()
+    ife_gate = [c for g in map(json.loads, (rd / "gates.jsonl").read_text().splitlines()) if g["gate"] == "validate"
+                for c in g["checks"] if c["scope"] == "ifeval"]
+    assert ife_gate and ife_gate[0]["metric"] == "ifeval_prompt_loose" and ife_gate[0]["n"] == 3
     dbg = _cli("train", *args, "--debug")
     assert dbg.returncode == 0, dbg.stderr[-2000:]
     # the view is per token: the default system prompt SmolLM2's template injects is there, unlabelled

@@ -102,6 +102,55 @@ def test_missing_champion_and_unknown_scope(champion_scores):
         evaluate_gate("canary", [{"metric": "primary", "minimum": 0.5}], cand)
 
 
+def ifeval_records(passed: list[bool], model: str = "m", family: str = "ifeval") -> list[dict]:
+    """IFEval records as the runner writes them: prompt-level loose verdicts ``passed``."""
+    return [{"model": model, "sample_id": f"{family}:{1000 + i}", "task_id": family, "family": family,
+             "group": "general", "layer": "base", "primary": float(ok),
+             "metrics": {"ifeval_prompt_strict": float(ok), "ifeval_prompt_loose": float(ok),
+                         "ifeval_inst_strict": float(ok), "ifeval_inst_loose": float(ok)}}
+            for i, ok in enumerate(passed)]
+
+
+IFEVAL_BOUND = [{"metric": "ifeval_prompt_loose", "scope": "ifeval", "min_delta_vs_champion": -0.05}]
+
+
+def test_ifeval_bound_fails_on_a_drop_beyond_it_and_passes_without_one():
+    """The pipeline_smollm2 check: stage 2 >= champion - 0.05 on IFEval prompt-level loose."""
+    base = ifeval_records([True] * 30 + [False] * 10)
+    same = ifeval_records([True] * 30 + [False] * 10)
+    better = ifeval_records([True] * 36 + [False] * 4)
+    dropped = ifeval_records([True] * 15 + [False] * 25)  # 15 of the 30 prompts base followed are lost
+    slipped = ifeval_records([True] * 29 + [False] * 11)  # one prompt lost: the interval straddles -0.05
+    run = lambda cand: evaluate_gate("validate", IFEVAL_BOUND, cand, base, n_boot=500, seed=0)  # noqa: E731
+    ok, up, bad, unsure = run(same), run(better), run(dropped), run(slipped)
+    assert ok.status == "pass" and ok.checks[0].value == 0.0 and ok.checks[0].n == 40
+    assert up.status == "pass" and up.checks[0].lo > -0.05
+    assert bad.status == "fail" and bad.checks[0].value == pytest.approx(-15 / 40) and bad.checks[0].hi < -0.05
+    assert unsure.status == "inconclusive" and unsure.checks[0].lo < -0.05 < unsure.checks[0].hi
+    # the Chinese set is its own scope: the English bound does not see it
+    zh_only = ifeval_records([False] * 40, family="ifeval_zh")
+    assert run(same + zh_only).checks[0].n == 40
+
+
+def test_ifeval_records_stay_out_of_overall_and_layer_scopes(champion_scores):
+    domain = make_records(champion_scores[:30])
+    cand = domain + ifeval_records([False] * 40)  # IFEval primary 0 must not drag the domain score down
+    champ = domain + ifeval_records([True] * 40)
+    d = evaluate_gate("validate", [{"metric": "primary", "scope": "overall", "min": 0.0},
+                                   {"metric": "primary", "scope": "base", "min": 0.0},
+                                   {"metric": "primary", "scope": "overall", "min_delta_vs_champion": -0.01}],
+                      cand, champ, n_boot=200)
+    overall, base_layer, delta = d.checks
+    assert overall.n == 60 and overall.value == pytest.approx(sum(r["primary"] for r in domain) / 60)
+    assert base_layer.n == 30 and base_layer.value == pytest.approx(0.8)
+    assert delta.status == "pass" and delta.value == 0.0  # the IFEval drop is not a domain drop
+    # an IFEval metric outside the IFEval scopes finds nothing, and the reason says where to look
+    miss = evaluate_gate("validate", [{"metric": "ifeval_prompt_loose", "scope": "overall", "min": 0.0}], cand)
+    assert miss.status == "fail" and "scope ifeval or ifeval_zh" in miss.checks[0].reason
+    by_family = evaluate_gate("validate", [{"metric": "primary", "scope": "ifeval", "max": 0.0}], cand)
+    assert by_family.status == "pass" and by_family.checks[0].n == 40
+
+
 def test_bad_records_are_data_errors(tmp_path):
     recs = make_records(np.array([0.5, 0.5]))
     recs[0]["primary"] = "high"

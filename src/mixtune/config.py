@@ -333,7 +333,13 @@ class EvalConfig(Strict):
     samples_per_task: int = Field(20, ge=1)
     experience_per_task: int = Field(2, ge=0)
     experience: bool = True
-    ifeval_zh_prompts: int = Field(0, ge=0, description="IFEval-zh prompts to include in the base layer")
+    ifeval_prompts: int = Field(0, ge=0, le=541, description=(
+        "English IFEval prompts in the base layer (0 = none): a fixed subset of the 541 shipped prompts, "
+        "stratified by instruction type and seeded by `seed`, the same for every model; 25 covers each type once"))
+    ifeval_zh_prompts: int = Field(0, ge=0, le=541, description=(
+        "Chinese IFEval prompts (Marco-Bench-MIF, shipped) in the base layer, chosen the same way"))
+    ifeval_max_new_tokens: int = Field(192, ge=1, description=(
+        "generation budget of an IFEval answer (its essays and paragraph counts need more room than a domain answer)"))
 
     @field_validator("device")
     @classmethod

@@ -21,6 +21,8 @@ from mixtune.data.io import read_samples
 from mixtune.data.ontology import load_ontology
 from mixtune.errors import ConfigError, MixtuneError
 from mixtune.eval.backends import Backend, HFBackend, OpenAIBackend
+from mixtune.eval.ifeval.subset import instruction_types, packaged_subset
+from mixtune.eval.matrix import IFEVAL_FAMILIES, family_scores
 from mixtune.eval.runner import evaluate_model, write_matrix
 from mixtune.model.sources import PRESETS, resolve_model
 from mixtune.model.tiny import build_tiny_model
@@ -220,8 +222,16 @@ def eval_backend(cfg: PipelineConfig, name: str, path: str) -> Backend:
     return OpenAIBackend(ep.url, api_key=key, model=ep.model, concurrency=e.concurrency, timeout=e.timeout)
 
 
+def ifeval_subsets(cfg: PipelineConfig) -> tuple[list[dict], list[dict]]:
+    """The English and Chinese IFEval prompts of the base layer: fixed, seeded, stratified by
+    instruction type (:func:`~mixtune.eval.ifeval.subset.packaged_subset`), the same for every model."""
+    return (packaged_subset("ifeval", cfg.eval.ifeval_prompts, cfg.seed),
+            packaged_subset("ifeval_zh", cfg.eval.ifeval_zh_prompts, cfg.seed))
+
+
 def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, str]) -> dict:
-    fp = rd.fingerprint("eval", ("eval",), ("stage2",))
+    # the seed picks the samples, the dialogue scripts and the IFEval subset
+    fp = rd.fingerprint("eval", ("eval", "seed"), ("stage2",))
     out = rd.sub("eval")
     if rd.done("eval", fp):
         return json.loads((out / "summary.json").read_text())
@@ -230,6 +240,10 @@ def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, 
     test = [s for s in samples if s.split == "test" and not s.parent_id]
     # Grouped by task in task order (a stable sort keeps each task's own order).
     subset = sorted(first_per_task(test, cfg.eval.samples_per_task), key=lambda s: s.task_id)
+    ife_en, ife_zh = ifeval_subsets(cfg)
+    if ife_en or ife_zh:
+        types = len(instruction_types(ife_en + ife_zh))
+        console.print(f"eval: IFEval {len(ife_en)} English + {len(ife_zh)} Chinese prompts, {types} instruction types")
     records = {}
     for name in cfg.eval.models:
         path = out / f"{name}.jsonl"
@@ -238,7 +252,8 @@ def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, 
             records[name] = evaluate_model(backend, subset, onto, engine, model_name=name,
                                            max_new_tokens=cfg.eval.max_new_tokens, experience=cfg.eval.experience,
                                            experience_per_task=cfg.eval.experience_per_task, seed=cfg.seed,
-                                           out_path=path)
+                                           ifeval_prompts=ife_en, ifeval_zh_prompts=ife_zh, ifeval_language="en",
+                                           ifeval_max_new_tokens=cfg.eval.ifeval_max_new_tokens, out_path=path)
         finally:
             close = getattr(backend, "close", None)
             if close:
@@ -278,6 +293,10 @@ def run_pipeline(cfg: PipelineConfig, *, fresh: bool = False, until: str | None 
     if until == "gates":
         return rd.path
     report = write_report(rd.path)
-    console.print(f"summary (primary score per family): {json.dumps(summary, ensure_ascii=False)}")
+    console.print(f"summary (primary score per family): {json.dumps(family_scores(summary), ensure_ascii=False)}")
+    for family in IFEVAL_FAMILIES:
+        if summary.get(family):
+            line = ", ".join(f"{m} {a['prompt_loose']:.3f}" for m, a in summary[family].items())
+            console.print(f"{family} (prompt-level loose): {line}")
     console.print(f"report: {report}  ({time.time() - t0:.0f} s)")
     return rd.path

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from mixtune.errors import ConfigError, DataError
-from mixtune.eval.matrix import render_summary
+from mixtune.eval.matrix import IFEVAL_FAMILIES, render_ifeval, render_summary
 
 
 def load_samples(path: Path, *, split: str, per_task: int | None, seed: int) -> list:
@@ -84,8 +84,14 @@ def eval_cmd(
     dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"),
     served_model: str | None = typer.Option(None, help="model name to request when --model is an endpoint"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="env var holding the endpoint's API key"),
-    ifeval: Path | None = typer.Option(None, "--ifeval", help="IFEval-format prompts jsonl (base layer)"),
-    ifeval_limit: int | None = typer.Option(None, help="use only the first N IFEval prompts"),
+    ifeval: Path | None = typer.Option(None, "--ifeval", help="IFEval-format prompts jsonl (base layer, "
+                                       "family 'ifeval'); instead of --ifeval-prompts"),
+    ifeval_limit: int | None = typer.Option(None, help="use only the first N prompts of --ifeval"),
+    ifeval_prompts: int = typer.Option(0, min=0, max=541, help="N of the shipped English IFEval prompts, "
+                                       "stratified by instruction type and seeded by --seed (as eval.ifeval_prompts)"),
+    ifeval_zh_prompts: int = typer.Option(0, min=0, max=541, help="N of the shipped Chinese IFEval prompts "
+                                          "(family 'ifeval_zh'), chosen the same way"),
+    ifeval_max_new_tokens: int = typer.Option(192, min=1, help="generation budget of an IFEval answer"),
     experience: bool = typer.Option(True, "--experience/--no-experience", help="run stress dialogues"),
     experience_per_task: int = typer.Option(2, help="samples per task given stress dialogues"),
     judge_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint for an LLM judge (off by default)"),
@@ -102,6 +108,7 @@ def eval_cmd(
     from mixtune.data.ontology import load_ontology
     from mixtune.eval.backends import OpenAIBackend, load_backend
     from mixtune.eval.experience import LLMJudge
+    from mixtune.eval.ifeval.subset import packaged_subset
     from mixtune.eval.runner import evaluate_model, read_jsonl, write_matrix
     from mixtune.rules import RuleEngine, RuleSet
 
@@ -109,7 +116,11 @@ def eval_cmd(
     onto = load_ontology(ontology)
     engine = RuleEngine(RuleSet.load(rules))
     samples = load_samples(data, split=split, per_task=samples_per_task, seed=seed)
-    prompts = load_ifeval(ifeval, ifeval_limit) if ifeval else None
+    if ifeval and ifeval_prompts:
+        raise ConfigError("give --ifeval FILE or --ifeval-prompts N, not both (both are family 'ifeval')",
+                          where="--ifeval-prompts")
+    prompts = load_ifeval(ifeval, ifeval_limit) if ifeval else packaged_subset("ifeval", ifeval_prompts, seed)
+    zh_prompts = packaged_subset("ifeval_zh", ifeval_zh_prompts, seed)
     judge = None
     if judge_url:
         if not judge_model:
@@ -121,19 +132,24 @@ def eval_cmd(
             raise ConfigError("--user-url needs --user-model", where="--user-model")
         voice = OpenAIBackend(user_url, api_key=os.environ.get(api_key_env), model=user_model)
     name = model_name or (served_model if model.startswith(("http://", "https://")) else Path(model).name)
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or name.startswith(".") or name in IFEVAL_FAMILIES:
         raise ConfigError(f"unusable model name {name!r}; pass --model-name", where="--model-name")
     backend = load_backend(model, device=device, dtype=dtype, batch_size=batch_size,
                            api_key=os.environ.get(api_key_env), model=served_model)
     console.print(f"evaluating [bold]{name}[/] on {len(samples)} samples, {len({s.task_id for s in samples})} tasks")
     out.mkdir(parents=True, exist_ok=True)
     evaluate_model(backend, samples, onto, engine, model_name=name, max_new_tokens=max_new_tokens,
-                   experience=experience, ifeval_prompts=prompts, out_path=out / f"{name}.jsonl",
+                   experience=experience, ifeval_prompts=prompts, ifeval_zh_prompts=zh_prompts,
+                   ifeval_language="auto" if ifeval else "en", ifeval_max_new_tokens=ifeval_max_new_tokens,
+                   out_path=out / f"{name}.jsonl",
                    progress=progress, experience_per_task=experience_per_task, judge=judge, seed=seed,
                    session_turns=session_turns if experience else 0, user_voice=voice)
     by_model = {p.stem: read_jsonl(p) for p in sorted(out.glob("*.jsonl"))}
     write_matrix(by_model, out)
-    Console().print(render_summary(json.loads((out / "summary.json").read_text(encoding="utf-8"))))
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    Console().print(render_summary(summary))
+    for ife_table in render_ifeval(summary):
+        Console().print(ife_table)
     console.print(f"wrote {out / (name + '.jsonl')}, {out / 'matrix.json'}, {out / 'summary.json'}")
 
 

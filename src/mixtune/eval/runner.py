@@ -6,7 +6,11 @@ One record per (sample, layer), one json line each::
      "reference", "metrics": {name: float}, "primary": float}
 
 - ``base``: format compliance (the rule engine over the task's rule ids) and terminology accuracy
-  (the glossary rules alone); IFEval prompts, when given, add one ``ifeval`` record each.
+  (the glossary rules alone); IFEval prompts, when given, add one record each, of family and task
+  ``ifeval`` (English) or ``ifeval_zh`` (Chinese), sample id ``<family>:<key>``, with the
+  per-instruction verdicts in ``detail``. They are a benchmark beside the domain, not a domain
+  family: :mod:`mixtune.eval.matrix` reports them in their own summary block and the gates'
+  ``overall`` scope leaves them out.
 - ``business``: the task's declared KPIs (:func:`mixtune.data.kpis.score`); ``primary`` is the
   task's primary metric.
 - ``experience``: scripted stress dialogues (:mod:`mixtune.eval.experience`) on a subset.
@@ -77,16 +81,29 @@ def _unit(x: float) -> float:
 
 
 def evaluate_ifeval(backend: Backend, prompts: list[dict], *, model_name: str, max_new_tokens: int,
-                    progress: bool = True) -> list[dict]:
-    """Run IFEval-format prompts (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``)."""
+                    family: str = "ifeval", language: str = "auto", progress: bool = True,
+                    seed: int | None = 0) -> list[dict]:
+    """Run IFEval-format prompts (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``).
+
+    One ``base``-layer record per prompt, of family and task ``family``; ``language`` is the
+    scorer's counting flavour (``auto``: Chinese-aware for Chinese prompts). ``primary`` is the
+    prompt-level strict verdict; ``detail`` keeps the instruction ids and their strict and loose
+    verdicts, so the summary can compute IFEval's instruction-level accuracies (all instructions
+    pooled, not a mean of per-prompt shares) and the instruction types covered.
+    """
     for i, p in enumerate(prompts):
-        if "prompt" not in p or "instruction_id_list" not in p:
+        if not isinstance(p, dict) or "prompt" not in p or "instruction_id_list" not in p:
             raise DataError("IFEval prompt needs 'prompt' and 'instruction_id_list'", where=f"ifeval prompt {i}")
+    keys = [f"{family}:{p.get('key', i)}" for i, p in enumerate(prompts)]
+    if len(set(keys)) != len(keys):  # gates pair records on the sample id
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise DataError(f"IFEval prompt key {dup.split(':', 1)[1]!r} occurs twice", where=f"{family} prompts")
     convs = [[{"role": "user", "content": p["prompt"]}] for p in prompts]
-    responses = generate_all(backend, convs, max_new_tokens=max_new_tokens, desc="ifeval", progress=progress)
-    result = score_responses(prompts, responses)  # language "auto": Chinese-aware counting for zh
+    responses = generate_all(backend, convs, max_new_tokens=max_new_tokens, desc=f"{model_name}: {family}",
+                             progress=progress, seed=seed)
+    result = score_responses(prompts, responses, language)
     records = []
-    for p, resp, v in zip(prompts, responses, result.verdicts, strict=True):
+    for key, p, resp, v in zip(keys, prompts, responses, result.verdicts, strict=True):
         strict_list, loose_list = list(v.strict_follow_list), list(v.loose_follow_list)
         metrics = {
             "ifeval_prompt_strict": float(all(strict_list)),
@@ -94,15 +111,19 @@ def evaluate_ifeval(backend: Backend, prompts: list[dict], *, model_name: str, m
             "ifeval_inst_strict": sum(strict_list) / max(1, len(strict_list)),
             "ifeval_inst_loose": sum(loose_list) / max(1, len(loose_list)),
         }
-        records.append({"model": model_name, "sample_id": str(p.get("key", "")), "task_id": "ifeval",
-                        "family": "ifeval", "group": "general", "layer": "base", "prompt": p["prompt"],
-                        "prediction": resp, "reference": "", "metrics": metrics,
-                        "primary": metrics["ifeval_prompt_strict"]})
+        records.append({"model": model_name, "sample_id": key, "task_id": family, "family": family,
+                        "group": "general", "layer": "base", "prompt": p["prompt"], "prediction": resp,
+                        "reference": "", "metrics": metrics, "primary": metrics["ifeval_prompt_strict"],
+                        "detail": {"kind": "ifeval", "language": v.language,
+                                   "instruction_id_list": list(v.instruction_id_list),
+                                   "strict_follow_list": strict_list, "loose_follow_list": loose_list}})
     return records
 
 
 def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engine: Any, *, model_name: str,
                    max_new_tokens: int, experience: bool = True, ifeval_prompts: list[dict] | None = None,
+                   ifeval_zh_prompts: list[dict] | None = None, ifeval_language: str = "auto",
+                   ifeval_max_new_tokens: int | None = None,
                    out_path: Path, progress: bool = True, kpi_fn: KpiFn | None = None,
                    experience_per_task: int = 2, judge: Any = None, seed: int = 0,
                    session_turns: int = 6, user_voice: Any = None) -> list[dict]:
@@ -111,6 +132,11 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
     The experience layer runs the scripted stress dialogues and, with ``session_turns`` > 0,
     adaptive simulated-user sessions of up to that many turns on the same samples
     (:mod:`mixtune.eval.simulated_user`; ``user_voice``: a backend that phrases the user's turns).
+
+    ``ifeval_prompts`` (family ``ifeval``, counted with ``ifeval_language``) and
+    ``ifeval_zh_prompts`` (family ``ifeval_zh``, Chinese counting) add the IFEval records of
+    :func:`evaluate_ifeval`, generated with ``ifeval_max_new_tokens`` (default ``max_new_tokens``):
+    IFEval asks for 300-word essays and several paragraphs, far longer than a domain answer.
 
     Unknown task ids fail before any generation. The file is written to a temporary name and
     renamed, so an interrupted run never leaves a half file that looks complete.
@@ -129,9 +155,12 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
         preds.append("\n".join(turns))
         last_turn[s.id] = turns[-1]
     records = score_predictions(samples, preds, ontology, engine, model_name=model_name, kpi_fn=kpi_fn)
-    if ifeval_prompts:
-        records += evaluate_ifeval(backend, ifeval_prompts, model_name=model_name,
-                                   max_new_tokens=max_new_tokens, progress=progress)
+    for family, prompts, language in (("ifeval", ifeval_prompts, ifeval_language),
+                                      ("ifeval_zh", ifeval_zh_prompts, "zh")):
+        if prompts:
+            records += evaluate_ifeval(backend, prompts, model_name=model_name, family=family, language=language,
+                                       max_new_tokens=ifeval_max_new_tokens or max_new_tokens, progress=progress,
+                                       seed=seed)
     if experience and samples:
         agent = ExperienceAgent(backend, ontology, engine, kpi_fn=kpi_fn or score_kpi,
                                 max_new_tokens=max_new_tokens, judge=judge, seed=seed)
@@ -188,8 +217,9 @@ def write_matrix(records_by_model: dict[str, list[dict]], out_dir: Path) -> dict
     """Aggregate records into ``matrix.json`` and ``summary.json`` under ``out_dir``.
 
     matrix: model → task → layer → metric → mean (``primary`` included as a metric).
-    summary: model → task family → mean primary score in [0, 1]; a family is scored on its
-    business layer, falling back to the base layer for record kinds without one (IFEval).
+    summary: model → task family → mean primary score in [0, 1] (business layer, else base layer),
+    plus one block per IFEval set evaluated (``ifeval``, ``ifeval_zh``): model → the four IFEval
+    aggregates, ``n``, ``instructions`` and ``instruction_types`` (:func:`~mixtune.eval.matrix.aggregate`).
     """
     matrix, summary = aggregate(records_by_model)
     out = Path(out_dir)

@@ -11,6 +11,11 @@ evaluation layer) and a metric (``primary`` means the record's ``primary`` field
 and/or a minimum change against the champion judged by a paired bootstrap interval. A delta
 check passes only when the whole interval clears the threshold, fails when the whole interval is
 below it and is inconclusive otherwise: a noisy improvement is not evidence.
+
+IFEval records (families ``ifeval`` and ``ifeval_zh``) measure general instruction following,
+not the domain: 'overall' and the layer scopes leave them out, so they never move the domain
+score, and a check reaches them only by naming their family, e.g. the bound on how much base
+capability stage 2 may lose: ``{metric: ifeval_prompt_loose, scope: ifeval, min_delta_vs_champion: -0.05}``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from mixtune.errors import ConfigError, DataError
+from mixtune.eval.matrix import IFEVAL_FAMILIES
 from mixtune.jsonl import read_jsonl_objects
 from mixtune.release.stats import paired_bootstrap
 
@@ -190,6 +196,13 @@ def load_eval_records(path: str | Path, model: str | None = None) -> list[dict[s
     return records
 
 
+def _in_scope(rec: dict[str, Any], scope: str) -> bool:
+    """Whether a record belongs to a check's scope; IFEval records only to their own family."""
+    if rec.get("family") in IFEVAL_FAMILIES:
+        return scope in (rec.get("family"), rec.get("task_id"))
+    return scope == "overall" or scope in (rec.get("family"), rec.get("task_id"), rec.get("layer"))
+
+
 def _metric_by_sample(
     records: Sequence[dict[str, Any]], spec: GateSpec, side: str
 ) -> dict[tuple[str, str], float]:
@@ -197,7 +210,7 @@ def _metric_by_sample(
     are skipped (metrics such as citation correctness only exist for some tasks)."""
     out: dict[tuple[str, str], float] = {}
     for rec in records:
-        if spec.scope != "overall" and spec.scope not in (rec.get("family"), rec.get("task_id"), rec.get("layer")):
+        if not _in_scope(rec, spec.scope):
             continue
         key = (str(rec["sample_id"]), str(rec.get("layer", "")))
         raw = rec.get("primary") if spec.metric == "primary" else (rec.get("metrics") or {}).get(spec.metric)
@@ -258,10 +271,12 @@ def evaluate_gate(
     for spec in parsed:
         cand = _metric_by_sample(candidate_records, spec, "candidate")
         if not cand:
+            why = "no candidate samples with this metric in scope"
+            if spec.metric.startswith("ifeval_") and spec.scope not in IFEVAL_FAMILIES:
+                why += f" (IFEval records are in scope {' or '.join(IFEVAL_FAMILIES)} only)"
             for kind, thr in (("min", spec.min), ("max", spec.max), ("delta", spec.min_delta_vs_champion)):
                 if thr is not None:
-                    checks.append(CheckResult(spec.metric, spec.scope, kind, float(thr), "fail",
-                                              reason="no candidate samples with this metric in scope"))
+                    checks.append(CheckResult(spec.metric, spec.scope, kind, float(thr), "fail", reason=why))
             continue
         mean = sum(cand.values()) / len(cand)
         if spec.min is not None:

@@ -3,7 +3,8 @@
 At the top the decision (released / rolled back / rejected / inconclusive, and why) and the
 candidate-vs-champion deltas per evaluation layer with intervals; then the staged rollout step by
 step, the gates, simulated-user conversations (score by turn for base / stage 1 / stage 2),
-answers side by side with rule findings marked, and the training and mixing plots. Tables and
+answers side by side with rule findings marked, the family scores, IFEval instruction following
+(when evaluated), and the training and mixing plots. Tables and
 PNG plots (data URIs) only, every data string escaped.
 
 Reads only the run directory's open-format files (metrics.jsonl, mixing_log.jsonl, eval/*,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mixtune.report.ifeval import IFEVAL_BLOCKS, ifeval_section, split_summary
 from mixtune.report.plots import aux_plot, loss_plot, mixing_plot, summary_plot, task_plot, turns_plot
 from mixtune.report.sections import (
     MODELS,
@@ -84,7 +86,9 @@ def write_report(run_dir: Path) -> Path:
     if champion != "base":
         parts.append(f"<p class='small'>The gates compared with the registry champion ({esc(champion)}); "
                      "the deltas below are against this run's base model.</p>")
-    parts.append(deltas_section(records, "base"))
+    # IFEval records have their own section below: the per-layer deltas are the domain's
+    parts.append(deltas_section({m: [r for r in recs if r.get("family") not in IFEVAL_BLOCKS]
+                                 for m, recs in records.items()}, "base"))
     parts.append(rollout_section(gates))
     if gates:
         parts.append(gates_section(gates))
@@ -93,12 +97,13 @@ def write_report(run_dir: Path) -> Path:
     if matrix and conversations_table(matrix):
         parts.append("<h2>Conversations with simulated users</h2>" + conversations_table(matrix) + turns_plot(matrix))
     parts.append(answers_section(records))
-    summary = _json(run_dir / "eval" / "summary.json")
+    summary, blocks = split_summary(_json(run_dir / "eval" / "summary.json") or {})
     if summary:
         fams = sorted({f for m in summary.values() for f in m})
         parts.append("<h2>Held-out primary score per task family</h2>"
                      + table(["model"] + fams, [[m] + [s.get(f, 0.0) for f in fams] for m, s in summary.items()])
                      + summary_plot(summary))
+    parts.append(ifeval_section(blocks, records))
     if matrix:
         models = list(matrix)
         keys = sorted({(t, layer, metric) for m in models for t, layers in matrix[m].items() if not t.startswith("_")
