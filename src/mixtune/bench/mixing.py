@@ -75,7 +75,7 @@ PLANS = {
                    n_train=96, n_val=24, n_test=40, s1_steps=200, s2_steps=400, eval_every=20, batch=8,
                    shape=_SMALL, workers=2, cache_tag="full"),
     "pilot": Plan("pilot", ("S1", "S2"), (0, 1), (), (),
-                  ("natural", "temperature", "uniform", "static", DEFAULT, "mixtune_no_modulation"),
+                  ("natural", "temperature", "uniform", "static", REFERENCE, "mixtune_no_modulation"),
                   n_train=96, n_val=24, n_test=40, s1_steps=200, s2_steps=400, eval_every=20, batch=8,
                   shape=_SMALL, workers=2),
     "quick": Plan("quick", (), (), ("S1", "S2"), (0,), ("natural", "uniform", DEFAULT), n_train=10, n_val=2, n_test=3,
