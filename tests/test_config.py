@@ -186,8 +186,11 @@ def test_config_defaults_are_the_policy_defaults():
             assert d[k] == getattr(st.mixing, k), (fn.__qualname__, k)
     assert st.mixing.heat_weights == DEFAULT_HEAT_WEIGHTS
     d = _defaults(Curriculum.__init__)
-    for k in ("mastery_threshold", "mastery_cycles", "enabled", "pacing", "c0"):
+    for k in ("mastery_threshold", "mastery_cycles", "pacing", "c0"):
         assert d[k] == getattr(st.curriculum, k), k
+    # A Curriculum object is on when built; whether the pipeline builds an active one is the
+    # pipeline's default, off since the mixing study (issue 11). Same for modulation.
+    assert st.curriculum.enabled is False and st.modulation.enabled is False
     for fn in (make_modulation, GroupModulation.__init__, AdaptiveModulation.__init__):
         d = _defaults(fn)
         for k in ("logic_gain", "style_ema", "safety_unlikelihood", "lr"):
@@ -201,8 +204,8 @@ def test_curriculum_and_modulation_settings_reach_the_objects(tmp_path):
     from mixtune.train.stage2 import Stage2Recipe
 
     cfg = load_config(_write(tmp_path, (
-        "seed: 4\nstage2:\n  curriculum: {pacing: competence, c0: 0.3, thresholds: {calc: 0.6}}\n"
-        "  modulation: {method: famo, lr: 0.2, seed: 11}\n")))
+        "seed: 4\nstage2:\n  curriculum: {enabled: true, pacing: competence, c0: 0.3, thresholds: {calc: 0.6}}\n"
+        "  modulation: {enabled: true, method: famo, lr: 0.2, seed: 11}\n")))
     recipe = Stage2Recipe(cfg, [], "unused", tmp_path, business_value={}, groups={}, families={}, chains=[],
                           rejection={}, engine=None, mixing_log=None, max_steps=None, progress=False)
     recipe.acc = SimpleNamespace(num_processes=1, process_index=0)
@@ -211,7 +214,7 @@ def test_curriculum_and_modulation_settings_reach_the_objects(tmp_path):
     cur, mod = recipe.curriculum, recipe.modulation
     assert (cur.pacing, cur.c0, cur.thresholds) == ("competence", 0.3, {"calc": 0.6, "spread": 0.8})
     assert (mod.method, mod.lr, mod.seed) == ("famo", 0.2, 11)
-    recipe.cfg = load_config(_write(tmp_path, "seed: 4\nstage2:\n  modulation: {method: uncertainty}\n"))
+    recipe.cfg = load_config(_write(tmp_path, "seed: 4\nstage2:\n  modulation: {enabled: true, method: uncertainty}\n"))
     recipe.st = recipe.cfg.stage2
     recipe._setup_mixing()
     assert recipe.modulation.seed == 4  # default: the pipeline seed

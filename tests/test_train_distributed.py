@@ -46,7 +46,8 @@ def test_user_deepspeed_yaml_replaces_the_generated_config(tmp_path):
 @pytest.mark.parametrize(("overrides", "stage", "where"), [
     ({"stage1": {"clip": {"policy": "decay"}}}, 1, "stage1.clip.policy"),
     ({"stage1": {"clip": {"policy": "zclip"}}}, 1, "stage1.clip.policy"),
-    ({"stage2": {"clip": {"policy": "constant"}}}, 2, "stage2.modulation.style_ema"),  # groups modulation, EMA 0.9
+    ({"stage2": {"clip": {"policy": "constant"}, "modulation": {"enabled": True}}}, 2,
+     "stage2.modulation.style_ema"),  # groups modulation, EMA 0.9
 ])
 def test_engine_owned_options_are_refused_at_launch(tmp_path, overrides, stage, where):
     key = f"stage{stage}"

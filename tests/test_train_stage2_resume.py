@@ -25,7 +25,9 @@ class Killed(Exception):
 def _cfg() -> PipelineConfig:
     return PipelineConfig.model_validate({"seed": 1, "stage2": {
         "steps": 8, "batch_size": 6, "eval_every": 2, "checkpoint_every": 4, "precision": "fp32",
-        "context_orchestration": False, "keep_checkpoints": 3}})
+        "context_orchestration": False, "keep_checkpoints": 3,
+        # both on: resume must restore the curriculum's and the modulation's state too
+        "curriculum": {"enabled": True}, "modulation": {"enabled": True}}})
 
 
 def _train(samples, base: Path, out: Path):

@@ -201,8 +201,10 @@ class MixingConfig(Strict):
     heat_weights: dict[str, float] = Field(default_factory=lambda: dict(heat.DEFAULT_HEAT_WEIGHTS))
 
 
+# Curriculum and modulation are off by default: the mixing study (issue 11, BENCHMARKS.md) found heat
+# weights alone beat every simple baseline's worst task, and each of the two cost worst-task score.
 class CurriculumConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(False, description="difficulty curriculum (off by default: see the mixing study)")
     early: list[float] = Field(default_factory=lambda: list(curriculum.DEFAULT_EARLY))
     middle: list[float] = Field(default_factory=lambda: list(curriculum.DEFAULT_MIDDLE))
     late: list[float] = Field(default_factory=lambda: list(curriculum.DEFAULT_LATE))
@@ -216,7 +218,7 @@ class CurriculumConfig(Strict):
 
 
 class ModulationConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(False, description="per-group gradient modulation (off by default: see the mixing study)")
     method: Literal["groups", "famo", "uncertainty"] = "groups"
     logic_gain: float = Field(modulation.DEFAULT_LOGIC_GAIN, gt=0)
     style_ema: float = Field(modulation.DEFAULT_STYLE_EMA, ge=0, lt=1)
