@@ -13,26 +13,27 @@ size), ``temperature`` (τ = 3), ``uniform``, ``static`` (business value), ``dbl
 ``natural``/``temperature`` weights come from the registered policies; ``train_stage2`` does not
 pass training-set sizes to ``make_policy`` yet, so the study feeds those weights to ``static`` with
 uniform mix, floor and cap off, which reproduces them exactly (tests/test_mixing_study.py).
-mixtune (the demo's controller: heat + curriculum + modulation) runs everywhere and is the
-``default_method``; in S1–S3 also without curriculum, without modulation, and with one heat input
-alone (decay, cv, rejection, gap) via ``heat_weights``.
+mixtune variants (tuning half, S1–S3): ``mixtune`` (the design's controller: heat + curriculum +
+modulation, also the confirmation half's ``REFERENCE``), without curriculum, without modulation,
+heat alone (``mixtune_heat_only``), and one heat input alone (decay, cv, rejection) via
+``heat_weights``. ``DEFAULT`` — what the demo ships and ``default_method`` reports — was chosen on
+the tuning half: ``mixtune_heat_only``.
 
-Halves. Tuning: seeds 0–4 on S1–S3. Confirmation: seeds 5–9 on S1–S5. Both are reported;
-``scenarios`` (the issue's keys) is the confirmation half, ``tuning.scenarios`` the tuning half.
-Runs go two at a time in single-threaded worker processes; each finished run is cached as JSON
-under ``<work>/mixing_study/runs`` so an interrupted study resumes where it stopped.
+Halves. Tuning: seeds 0–4 on S1–S3, every method. Confirmation: fresh seeds 5–9 on S1–S5, the
+baselines, ``DEFAULT`` and ``REFERENCE``. Both are reported; ``scenarios`` (the issue's keys) is the
+confirmation half, ``tuning.scenarios`` the tuning half. Runs go two at a time in single-threaded
+worker processes; each finished run is cached as JSON under ``<work>/mixing_study/runs`` so an
+interrupted study resumes where it stopped.
 
 Budget (full tier ≤ 90 min on 2 idle cores). Trained runs: natural/temperature reuse uniform's run
-where all tasks have the same size (S1, S3, S4), so tuning 5 seeds × (12 + 10 + 10) = 160 and
-confirmation 5 × (10 + 12 + 10 + 5 + 7) = 220, 380 stage-2 runs plus 10 stage-1 models. Cost of one
-run (hidden-64 model, 400 steps of batch 8, 20 cycles on 16 tasks × 24 val samples, 16 × 40 test
-samples): the quiet-machine mixing bench of 2026-11-25 ran this model and batch at ≤ 0.045 s per
-step all included (21 runs × 60 steps in 56.4 s), so ≈ 400 × 0.045 + ≈ 6 s (cycles, load, save,
-test) ≈ 24 s; (380 × 24 s + 10 × ≈ 10 s) / 2 workers ≈ 77 min. On the shared VM of this session
-(load 8–15) the same run measured 33–55 CPU-s (pilot mean 38.6) and 140–400 s wall: contention
-inflates CPU-seconds too, and at 38.6 s the full tier would take ≈ 123 min, so it needs a quiet
-machine and may still overrun. Every run records its CPU seconds and the result ``full_tier_estimate_s`` extrapolates the
-full tier from them (``estimate_s``); the tuning half can run separately (``... mixing tuning``).
+where all tasks have the same size (S1, S3, S4), so tuning 5 seeds × (11 + 13 + 11) = 175 and
+confirmation 5 × (6 + 8 + 6 + 6 + 8) = 170, 345 stage-2 runs plus 10 stage-1 models. One run
+(hidden-64 model, 400 steps of batch 8, 20 cycles on 16 tasks × 24 val samples, 16 × 40 test
+samples) measured ≈ 40 s on the 2026-12-03 machine (AMD EPYC, two runs side by side), so the whole
+study takes ≈ 345 × 40 s / 2 ≈ 115 min: over the 90-minute budget when run in one go. The tuning
+half (≈ 58 min) runs outside ``make bench`` (``python -m mixtune.bench.mixing tuning``); the full tier
+then reuses its cached runs and trains the confirmation half (≈ 57 min). Every run records its CPU
+seconds and the result's ``full_tier_estimate_s`` extrapolates the full tier from them (``estimate_s``).
 """
 
 from __future__ import annotations
