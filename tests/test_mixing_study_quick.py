@@ -13,10 +13,10 @@ def test_quick_tier_writes_the_study_keys(tmp_path):
     res = run_suite("mixing", study_suite.run, ctx, "test")
     assert res["status"] == "ok", res.get("error")
     data = json.loads((out / "mixing.json").read_text())
-    assert data["default_method"] == "mixtune" and data["headline_half"] == "confirmation"
+    assert data["default_method"] == study_suite.DEFAULT == "mixtune_heat_only" and data["headline_half"] == "confirmation"
     assert set(data["scenarios"]) == {"S1", "S2"}
     for name, sc in data["scenarios"].items():
-        assert set(sc["methods"]) == {"natural", "uniform", "mixtune"}
+        assert set(sc["methods"]) == {"natural", "uniform", study_suite.DEFAULT}
         for m in sc["methods"].values():
             assert {"mean_score", "worst_task_score", "steps_to_target_ratio", "per_seed"} <= set(m)
             seed0 = m["per_seed"][0]
@@ -34,7 +34,7 @@ def test_quick_tier_writes_the_study_keys(tmp_path):
         data["scenarios"]["S1"]["methods"]["uniform"]["per_seed"][0]["per_task"]
     # every run's mixing log kept the controller's inputs visible
     runs = list((tmp_path / "work" / "mixing_study" / "runs").glob("*.json"))
-    assert len(runs) == 5  # S1: uniform, mixtune; S2: natural, uniform, mixtune
+    assert len(runs) == 5  # S1: uniform, default; S2: natural, uniform, default
     rec = json.loads(runs[0].read_text())
     assert {"decay", "cv", "rejection", "gap", "heat"} <= set(rec["heat_inputs_logged"])
     assert rec["curve"] and abs(sum(rec["final_weights"].values()) - 1) < 1e-9
