@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +26,10 @@ def _rules(tmp_path: Path, rules: list[dict]) -> Path:
 def test_nested_quantifier_rule_is_refused_fast_naming_rule_and_file(tmp_path):
     # Unchecked, this rule made every output check on "a" * 27 + "b" take ~4 s (x4 per 2 more chars).
     path = _rules(tmp_path, [{"id": "evil", "kind": "regex", "params": {"pattern": "(a+)+$"}}])
-    t0 = time.perf_counter()
+    # Refused by static analysis: the pattern is never run (no timing needed to show it).
     with pytest.raises(ConfigError, match=r"rule 'evil': param 'pattern' regex '\(a\+\)\+\$' can take "
                                           r"exponential time: nested quantifiers") as exc:
         RuleSet.load(path)
-    assert time.perf_counter() - t0 < 1.0
     assert str(path) in str(exc.value)
 
 
@@ -62,11 +61,13 @@ def test_unsafe_patterns(pattern):
 ])
 def test_safe_patterns_are_accepted_and_really_are_fast(pattern):
     check_regex_safety(pattern)
-    rx = re.compile(pattern)
-    t0 = time.perf_counter()
-    for text in ("a" * 2000 + "!", "1," * 1000 + "x", "ab" * 1000 + "c"):
-        rx.search(text)
-    assert time.perf_counter() - t0 < 0.5
+    # A hang guard, not a speed assertion: each search takes milliseconds, while a catastrophic
+    # pattern on these 2,000-character texts would run for longer than the universe has existed.
+    # A child process can be killed mid-search (the re engine ignores signals), so a loaded
+    # machine cannot make this flaky: only a real blow-up reaches the 120 s limit.
+    code = ("import re, sys\nrx = re.compile(sys.argv[1])\n"
+            "for text in ('a' * 2000 + '!', '1,' * 1000 + 'x', 'ab' * 1000 + 'c'):\n    rx.search(text)\n")
+    subprocess.run([sys.executable, "-c", code, pattern], check=True, timeout=120)
 
 
 def test_shipped_finance_rules_still_load():
