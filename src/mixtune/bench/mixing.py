@@ -29,8 +29,8 @@ Budget (full tier ≤ 90 min on 2 idle cores). Trained runs: natural/temperature
 where all tasks have the same size (S1, S3, S4), so tuning 5 seeds × (11 + 13 + 11) = 175 and
 confirmation 5 × (6 + 8 + 6 + 6 + 8) = 170, 345 stage-2 runs plus 10 stage-1 models. One run
 (hidden-64 model, 400 steps of batch 8, 20 cycles on 16 tasks × 24 val samples, 16 × 40 test
-samples) measured ≈ 40 s on the 2026-12-03 machine (AMD EPYC, two runs side by side), so the whole
-study takes ≈ 345 × 40 s / 2 ≈ 115 min: over the 90-minute budget when run in one go. The tuning
+samples) measured ≈ 42 CPU-s on the 2026-12-03 machine (Intel Xeon, two runs side by side), so the whole
+study takes ≈ 345 × 42 s / 2 ≈ 121 min: over the 90-minute budget when run in one go. The tuning
 half (≈ 58 min) runs outside ``make bench`` (``python -m mixtune.bench.mixing tuning``); the full tier
 then reuses its cached runs and trains the confirmation half (≈ 57 min). Every run records its CPU
 seconds and the result's ``full_tier_estimate_s`` extrapolates the full tier from them (``estimate_s``).
