@@ -31,8 +31,9 @@ confirmation 5 × (6 + 8 + 6 + 6 + 8) = 170, 345 stage-2 runs plus 10 stage-1 mo
 (hidden-64 model, 400 steps of batch 8, 20 cycles on 16 tasks × 24 val samples, 16 × 40 test
 samples) measured ≈ 42 CPU-s on the 2026-12-03 machine (Intel Xeon, two runs side by side), so the whole
 study takes ≈ 345 × 42 s / 2 ≈ 121 min: over the 90-minute budget when run in one go. The tuning
-half (≈ 58 min) runs outside ``make bench`` (``python -m mixtune.bench.mixing tuning``); the full tier
-then reuses its cached runs and trains the confirmation half (≈ 57 min). Every run records its CPU
+half runs outside ``make bench`` (``python -m mixtune.bench.mixing tuning``: 68 min measured, with
+test jobs beside it at nice 10); the full tier then reuses its cached runs and trains the
+confirmation half (69 min measured). Every run records its CPU
 seconds and the result's ``full_tier_estimate_s`` extrapolates the full tier from them (``estimate_s``).
 """
 
