@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 QUICK = ["data.n_per_task=12", "stage1.steps=6", "stage1.eval_every=3", "stage1.checkpoint_every=3",
          "stage2.steps=6", "stage2.eval_every=2", "stage2.checkpoint_every=3", "eval.samples_per_task=1",
-         "eval.max_new_tokens=8", "gates.bootstrap_samples=200",
+         "eval.max_new_tokens=8", "eval.session_turns=2", "eval.experience_scripts=[contradiction,vague]",
+         "gates.bootstrap_samples=200",
          "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_hidden_layers=1",
          "model.tiny.vocab_size=600"]
 
@@ -57,6 +58,14 @@ def test_run_writes_the_documented_layout(run):
     ids = {m: sorted(json.loads(x)["sample_id"] for x in (rd / "eval" / f"{m}.jsonl").read_text().splitlines()
                      if json.loads(x)["family"] == "ifeval") for m in ("base", "stage1", "stage2")}
     assert len(ids["base"]) == 5 and ids["base"] == ids["stage1"] == ids["stage2"]
+    sessions = [r for m in ("base", "stage2") for r in map(json.loads, (rd / "eval" / f"{m}.jsonl").read_text().splitlines())
+                if r["layer"] == "experience" and r["detail"]["kind"] == "session"]
+    # eval.session_turns bounds the adaptive simulated-user sessions (default 6)
+    assert sessions and max(len(r["detail"]["turn_scores"]) for r in sessions) == 2
+    scripted = {r["sample_id"].rsplit("#", 1)[1] for m in ("base", "stage2")
+                for r in map(json.loads, (rd / "eval" / f"{m}.jsonl").read_text().splitlines())
+                if r["layer"] == "experience" and r["detail"]["kind"] != "session"}
+    assert scripted == {"contradiction", "vague"}  # eval.experience_scripts picks the stress dialogues
     rec = json.loads((rd / "stage1" / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("step", "lr", "loss", "loss_ce", "loss_consistency", "loss_adversarial", "grad_norm",
                 "clip_threshold", "clipped", "tokens"):

@@ -71,10 +71,14 @@ def test_ifeval_eval_keys_are_bounded_and_misspellings_refused(tmp_path):
     assert any(g.metric == "ifeval_prompt_loose" and g.scope == "ifeval" and g.min_delta_vs_champion == -0.05
                for g in cfg.gates.validate_)
     assert PipelineConfig().eval.ifeval_prompts == 0  # off unless asked for
+    assert PipelineConfig().eval.session_turns == 6 and len(PipelineConfig().eval.experience_scripts) == 4
     for text, needle in (("eval:\n  ifeval_prompts: 542\n", "eval.ifeval_prompts"),
                          ("eval:\n  ifeval_zh_prompts: -1\n", "eval.ifeval_zh_prompts"),
                          ("eval:\n  ifeval_max_new_tokens: 0\n", "eval.ifeval_max_new_tokens"),
-                         ("eval:\n  ifeval_prompt: 5\n", "eval.ifeval_prompt")):
+                         ("eval:\n  ifeval_prompt: 5\n", "eval.ifeval_prompt"),
+                         ("eval:\n  session_turns: -1\n", "eval.session_turns"),
+                         ("eval:\n  experience_scripts: [follow_up, smalltalk]\n", "eval.experience_scripts"),
+                         ("eval:\n  experience_scripts: []\n", "eval.experience_scripts")):
         with pytest.raises(ConfigError) as e:
             load_config(_write(tmp_path, text))
         assert needle in str(e.value)

@@ -99,7 +99,14 @@ def test_adapter_dir_loads_and_differs(model_dir, tmp_path):
     adapted = HFBackend(out, batch_size=4)
     assert adapted.is_adapter
     plain = HFBackend(model_dir, batch_size=4)
-    assert adapted.generate(CONVS, max_new_tokens=10) != plain.generate(CONVS, max_new_tokens=10)
+    got = adapted.generate(CONVS, max_new_tokens=10)
+    assert got != plain.generate(CONVS, max_new_tokens=10)
+    # The adapter is merged for generation (no LoRA matmuls per decoding step) and the merged
+    # model decodes exactly as the unmerged PEFT model does.
+    assert not any("lora_" in n for n, _ in adapted.model.named_parameters())
+    unmerged = HFBackend(out, batch_size=4)
+    unmerged.model = peft_model.eval()
+    assert unmerged.generate(CONVS, max_new_tokens=10) == got
 
 
 def test_missing_and_corrupt_paths(tmp_path):

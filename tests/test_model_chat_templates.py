@@ -161,3 +161,33 @@ def test_eval_and_serve_paths_render_with_the_models_own_template(gguf_folder, t
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
     _, count_prompt = counters_from_tokenizer(backend.tokenizer)
     assert count_prompt(conv) == len(backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def test_truncation_is_counted_and_reported_by_task(gguf_folder, capsys):
+    """A max_len that cuts answers is reported once, naming the tasks (never a silent loss)."""
+    from types import SimpleNamespace
+
+    from mixtune.data.schema import Message
+    from mixtune.train.loop import encode_samples
+
+    tok, _ = _tokenizer(gguf_folder, "smollm2")
+    full = encode_conversation(tok, CHAIN, 1024)
+    assert full.cut_labels == 0 and full.full_len == len(full.input_ids)
+    n_labels = sum(1 for x in full.labels if x != IGNORE)
+    short = encode_conversation(tok, CHAIN, len(full.input_ids) - 3)
+    assert short.full_len == full.full_len and len(short.input_ids) == full.full_len - 3
+    assert short.cut_labels == n_labels - sum(1 for x in short.labels if x != IGNORE) > 0
+
+    def sample(task, conv):
+        return SimpleNamespace(task_id=task, instruction="", messages=[Message(**m) for m in conv])
+
+    samples = [sample("chain_long", CHAIN), sample("chain_long", CHAIN), sample("no_sys", NO_SYSTEM)]
+    limit = len(encode_conversation(tok, NO_SYSTEM, 1024).input_ids)  # NO_SYSTEM fits, CHAIN does not
+    capsys.readouterr()
+    encs = encode_samples(tok, samples, limit, where="stage2.max_len")
+    err = capsys.readouterr().err
+    assert "2 of 3 samples" in err and "chain_long 2" in err and "no_sys" not in err
+    assert f"stage2.max_len={limit}" in err and f"longest {full.full_len} tokens" in err
+    assert [e.cut_labels > 0 for e in encs] == [True, True, False]
+    encode_samples(tok, samples, 1024, where="stage2.max_len")
+    assert "warning" not in capsys.readouterr().err

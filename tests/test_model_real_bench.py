@@ -16,7 +16,8 @@ from mixtune.bench.real_model import flops_per_token
 from mixtune.model.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("trl_ratio", "tokens_per_s", "trl_tokens_per_s", "peak_fraction_bf16", "gen_tokens_per_s")
+KEYS = ("trl_ratio", "tokens_per_s", "trl_tokens_per_s", "peak_fraction_bf16", "gen_tokens_per_s",
+        "gen_bf16_tokens_per_s")
 
 
 def test_flop_count_matches_the_model(tmp_path):

@@ -335,6 +335,12 @@ class EvalConfig(Strict):
     samples_per_task: int = Field(20, ge=1)
     experience_per_task: int = Field(2, ge=0)
     experience: bool = True
+    experience_scripts: list[Literal["follow_up", "contradiction", "vague", "perturbed_repeat"]] = Field(
+        default_factory=lambda: ["follow_up", "contradiction", "vague", "perturbed_repeat"], min_length=1,
+        description="scripted stress dialogues of the experience layer (one generation pass for all of them)")
+    session_turns: int = Field(6, ge=0, description=(
+        "turns of the experience layer's adaptive simulated-user sessions (0 = scripted dialogues only); "
+        "each turn is one more generation pass per evaluated model"))
     ifeval_prompts: int = Field(0, ge=0, le=541, description=(
         "English IFEval prompts in the base layer (0 = none): a fixed subset of the 541 shipped prompts, "
         "stratified by instruction type and seeded by `seed`, the same for every model; 25 covers each type once"))

@@ -252,6 +252,8 @@ def step_eval(cfg: PipelineConfig, rd: RunDir, samples: list, models: dict[str, 
             records[name] = evaluate_model(backend, subset, onto, engine, model_name=name,
                                            max_new_tokens=cfg.eval.max_new_tokens, experience=cfg.eval.experience,
                                            experience_per_task=cfg.eval.experience_per_task, seed=cfg.seed,
+                                           session_turns=cfg.eval.session_turns,
+                                           experience_kinds=tuple(cfg.eval.experience_scripts),
                                            ifeval_prompts=ife_en, ifeval_zh_prompts=ife_zh, ifeval_language="en",
                                            ifeval_max_new_tokens=cfg.eval.ifeval_max_new_tokens, out_path=path)
         finally:

@@ -246,11 +246,11 @@ def head_ce_share(model_path: str, batch: int, seq: int, step_s: float) -> float
     return best / step_s
 
 
-def generation(model_path: str, samples: list, sz: dict) -> dict:
-    """New tokens/s of the batched evaluation path (greedy, eval dtype fp32)."""
+def generation(model_path: str, samples: list, sz: dict, dtype: str = "fp32") -> dict:
+    """New tokens/s of the batched evaluation path (greedy; ``dtype`` is the weights' dtype, as eval.dtype)."""
     from mixtune.eval.backends import HFBackend
 
-    backend = HFBackend(model_path, device=device(), dtype="fp32", batch_size=sz["gen_batch"])
+    backend = HFBackend(model_path, device=device(), dtype=dtype, batch_size=sz["gen_batch"])
     convs = [[m.model_dump() for m in s.messages if m.role != "assistant"] for s in samples[: sz["gen_prompts"]]]
     backend.generate(convs[: sz["gen_batch"]], max_new_tokens=2)  # warm-up
     t0 = time.perf_counter()
@@ -258,7 +258,8 @@ def generation(model_path: str, samples: list, sz: dict) -> dict:
     secs = time.perf_counter() - t0
     tok = backend.tokenizer
     new = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs)
-    return {"gen_tokens_per_s": new / secs, "new_tokens": new, "seconds": secs, "prompts": len(convs)}
+    return {"gen_tokens_per_s": new / secs, "new_tokens": new, "seconds": secs, "prompts": len(convs),
+            "dtype": dtype}
 
 
 def measure(tier: str, work: Path, seed: int, finetune: str = "lora", precision: str = "bf16",
@@ -280,14 +281,18 @@ def measure(tier: str, work: Path, seed: int, finetune: str = "lora", precision:
     step_s = mt["seconds"] / max(1, sz["steps"] - WARM)
     share = head_ce_share(model, sz["batch_size"], max(16, round(mt["mean_seq_len"])), step_s)
     log("  real_model: generation")
-    gen = generation(model, [s for s in samples if s.split == "test" and not s.parent_id], sz)
+    test = [s for s in samples if s.split == "test" and not s.parent_id]
+    gen = generation(model, test, sz)
+    # bf16 *weights* (eval.dtype: bf16; not autocast over fp32 weights): what pipeline_smollm2.yaml uses
+    gen_bf16 = generation(model, test, sz, dtype="bf16")
     achieved = mt["tokens_per_s"] * per_tok
     return {"trl_ratio": mt["tokens_per_s"] / trl["tokens_per_s"], "tokens_per_s": mt["tokens_per_s"],
             "trl_tokens_per_s": trl["tokens_per_s"], "peak_fraction_bf16": achieved / peak,
-            "gen_tokens_per_s": gen["gen_tokens_per_s"], "achieved_flops": achieved, "peak_flops_bf16": peak,
+            "gen_tokens_per_s": gen["gen_tokens_per_s"], "gen_bf16_tokens_per_s": gen_bf16["gen_tokens_per_s"],
+            "achieved_flops": achieved, "peak_flops_bf16": peak,
             "flops_per_token": per_tok, "flop_counts": counts, "head_ce_share_of_step": share,
             "peak_rss_mib": mt["peak_rss_mib"], "trl_peak_rss_mib": trl["peak_rss_mib"], "mixtune": mt, "trl": trl,
-            "generation": gen, "finetune": finetune, "precision": precision, "device": device(),
+            "generation": gen, "generation_bf16": gen_bf16, "finetune": finetune, "precision": precision, "device": device(),
             "threads": torch.get_num_threads(), "model": model, "sizes": sz, "data": source}
 
 
@@ -309,6 +314,9 @@ def run(ctx: Context) -> dict:
             target="≥ 25%", note=limiter),
         row("generation, batched eval path (greedy, fp32)", res["gen_tokens_per_s"], unit="new tok/s",
             note=f"batch {sz['gen_batch']}, {sz['gen_prompts']} prompts, ≤{sz['gen_tokens']} new tokens"),
+        row("generation, batched eval path (greedy, bf16 weights)", res["gen_bf16_tokens_per_s"], unit="new tok/s",
+            baseline=res["gen_tokens_per_s"], baseline_name="fp32 weights",
+            ratio=res["gen_bf16_tokens_per_s"] / res["gen_tokens_per_s"], note="eval.dtype: bf16, same prompts"),
     ]
     return {**res, "table": rows, "repetitions": 1,
             "setup": f"{what}; {res['device']}, {res['threads']} threads; data: {res['data']}"}

@@ -149,7 +149,9 @@ class HFBackend:
             if self.is_adapter:
                 from peft import AutoPeftModelForCausalLM  # why: heavy, adapters only
 
-                return AutoPeftModelForCausalLM.from_pretrained(str(self.path), dtype=torch_dtype)
+                # Merged for generation: an unmerged adapter adds two small matmuls to every linear
+                # layer at every decoding step (SmolLM2-135M, CPU, bf16, batch 64: 149 vs 181 new tok/s).
+                return AutoPeftModelForCausalLM.from_pretrained(str(self.path), dtype=torch_dtype).merge_and_unload()
             from transformers import AutoModelForCausalLM  # why: heavy, local models only
 
             return AutoModelForCausalLM.from_pretrained(str(self.path), dtype=torch_dtype)

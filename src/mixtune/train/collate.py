@@ -21,6 +21,8 @@ class Encoded:
     labels: list[int]
     instr_mask: list[int]  # 1 on tokens of the instruction phrasing (for SupCon pooling)
     neg_ids: list[int] = field(default_factory=list)  # token ids flagged for unlikelihood
+    cut_labels: int = 0  # answer tokens lost to max_len truncation (reported by encode_samples)
+    full_len: int = 0  # tokens before truncation
 
 
 def _render(tokenizer, messages, add_generation_prompt=False) -> str:
@@ -54,9 +56,10 @@ def encode_conversation(tokenizer, messages: list[dict], max_len: int, instructi
         in_label = any(s >= a and s < b for a, b in label_spans)
         labels.append(tok if in_label else IGNORE)
         instr.append(1 if instr_span and s >= instr_span[0] and s < instr_span[1] else 0)
+    full_len, cut = len(ids), sum(1 for x in labels[max_len:] if x != IGNORE)
     if len(ids) > max_len:  # keep the start: prompts are short, answers matter
         ids, labels, instr = ids[:max_len], labels[:max_len], instr[:max_len]
-    return Encoded(list(ids), labels, instr)
+    return Encoded(list(ids), labels, instr, cut_labels=cut, full_len=full_len)
 
 
 def token_ids_for_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> list[int]:

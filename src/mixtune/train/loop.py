@@ -30,15 +30,38 @@ SCORE_BATCH = 32  # validation batch size: scoring is no_grad, so it can be larg
 
 
 def encode_samples(tokenizer, samples, max_len: int, progress: Progress | None = None,
-                   label: str = "tokenising") -> list[Encoded]:
-    """Tokenise samples' conversations (assistant-only labels), with an optional progress bar."""
+                   label: str = "tokenising", where: str | None = None) -> list[Encoded]:
+    """Tokenise samples' conversations (assistant-only labels), with an optional progress bar.
+
+    With ``where`` (the config key of ``max_len``), samples whose answers lose tokens to the
+    truncation are reported once, by task: a real tokenizer can spend several tokens per Chinese
+    character, and a silently cut answer teaches the model to stop mid-sentence (or nothing at all).
+    """
     task = progress.add_task(label, total=len(samples)) if progress else None
     out = []
     for s in samples:
         out.append(encode_conversation(tokenizer, [m.model_dump() for m in s.messages], max_len, s.instruction))
         if progress:
             progress.advance(task)
+    if where:
+        warn_truncated(samples, out, max_len, where)
     return out
+
+
+def warn_truncated(samples, encs: list[Encoded], max_len: int, where: str) -> dict[str, int]:
+    """Print one warning naming the tasks whose answers ``max_len`` cuts; returns task -> samples cut."""
+    cut: dict[str, int] = {}
+    longest = 0
+    for s, e in zip(samples, encs, strict=True):
+        if e.cut_labels:
+            cut[s.task_id] = cut.get(s.task_id, 0) + 1
+            longest = max(longest, e.full_len)
+    if cut:
+        tasks = ", ".join(f"{t} {n}" for t, n in sorted(cut.items(), key=lambda kv: -kv[1]))
+        console.print(f"[yellow]warning:[/yellow] {sum(cut.values())} of {len(samples)} samples are longer than "
+                      f"{where}={max_len} and lose answer tokens ({tasks}; longest {longest} tokens): "
+                      f"raise {where}")
+    return cut
 
 
 def first_per_task(samples: list, n: int) -> list:

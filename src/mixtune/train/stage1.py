@@ -102,7 +102,8 @@ class Stage1Recipe:
                 twins.setdefault(s.parent_id, []).append(s)
         self.val = first_per_task([s for s in samples if s.split == "val"], st.eval_samples_per_task)
         with Progress(disable=not (self.progress and self.acc.is_main_process)) as prog:
-            self.encs = encode_samples(self.tokenizer, self.clean, st.max_len, prog, "stage 1: tokenising")
+            self.encs = encode_samples(self.tokenizer, self.clean, st.max_len, prog, "stage 1: tokenising",
+                                       where="stage1.max_len" if self.acc.is_main_process else None)
             self.val_encs = encode_samples(self.tokenizer, self.val, st.max_len)
         # Twins are tokenised once; a twin whose (possibly truncated) response differs in length from
         # its parent's cannot be aligned token by token for the KL term and is left out.

@@ -146,7 +146,8 @@ class Stage2Recipe:
         self.val = first_per_task([s for s in self.samples if s.split == "val" and not s.parent_id],
                                   st.eval_samples_per_task)
         with Progress(disable=not (self.progress and self.acc.is_main_process)) as prog:
-            self.encs = encode_samples(self.tokenizer, train, st.max_len, prog, "stage 2: tokenising")
+            self.encs = encode_samples(self.tokenizer, train, st.max_len, prog, "stage 2: tokenising",
+                                       where="stage2.max_len" if self.acc.is_main_process else None)
             self.val_encs = encode_samples(self.tokenizer, self.val, st.max_len)
         for s, e in zip(train, self.encs):  # unlikelihood negatives: flagged spans of the prompt
             if self.engine is not None and self.groups.get(s.task_id) == "safety":
