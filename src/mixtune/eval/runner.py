@@ -127,10 +127,10 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
                    out_path: Path, progress: bool = True, kpi_fn: KpiFn | None = None,
                    experience_per_task: int = 2, judge: Any = None, seed: int = 0,
                    session_turns: int = 6, user_voice: Any = None,
-                   experience_kinds: tuple[str, ...] | None = None) -> list[dict]:
+                   experience_kinds: tuple[str, ...] = KINDS) -> list[dict]:
     """Evaluate one model on all layers; writes the per-sample jsonl to ``out_path`` and returns it.
 
-    The experience layer runs the scripted stress dialogues (``experience_kinds``, default all
+    The experience layer runs the scripted stress dialogues (``experience_kinds``, by default all
     four of :data:`~mixtune.eval.experience.KINDS`) and, with ``session_turns`` > 0,
     adaptive simulated-user sessions of up to that many turns on the same samples
     (:mod:`mixtune.eval.simulated_user`; ``user_voice``: a backend that phrases the user's turns).
@@ -166,7 +166,7 @@ def evaluate_model(backend: Backend, samples: list[Sample], ontology: Any, engin
     if experience and samples:
         agent = ExperienceAgent(backend, ontology, engine, kpi_fn=kpi_fn or score_kpi,
                                 max_new_tokens=max_new_tokens, judge=judge, seed=seed,
-                                kinds=tuple(experience_kinds) if experience_kinds else KINDS)
+                                kinds=tuple(experience_kinds))
         chosen = agent.select(samples, per_task=experience_per_task)
         records += agent.run(chosen, model_name=model_name, first_answers=last_turn, progress=progress)
         if session_turns > 0:
